@@ -1,0 +1,9 @@
+"""tdam: Top-Down Attention Module (Jaiswal, Fernando, Tan, ECCV 2022), a reference reproduction.
+
+Paper: https://arxiv.org/abs/2111.13470
+"""
+__version__ = "0.1.0"
+
+from .models import create_model, is_td_model  # noqa: E402  (registers the models in timm's registry)
+
+__all__ = ["__version__", "create_model", "is_td_model"]

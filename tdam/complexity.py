@@ -1,0 +1,83 @@
+"""Model size and cost: parameter counts and FLOPs in the paper's convention and in a full count.
+
+The paper's "FLOPs" column is ptflops' multiply-accumulate count with its ``pytorch`` backend (module hooks: convs,
+norms, activations, pooling, linear layers; element-wise products such as the TD gates are not counted). ``flops_full``
+counts every ATen operation instead: matrix products and convolutions as 2 x MACs (torch's FlopCounterMode), plus
+one FLOP per output element of every point-wise op (gates, sigmoids, adds, activations) and one per input element of
+every reduction, pooling and normalisation -- so the TD gates and the searchlight pooling are included.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = ["count_params", "flops", "flops_full"]
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (buffers such as FCA's DCT basis or BN statistics are not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _input(model: nn.Module, img_size: int, batch_size: int = 1) -> torch.Tensor:
+    p = next(model.parameters())
+    return torch.zeros(batch_size, 3, img_size, img_size, device=p.device, dtype=p.dtype)
+
+
+def flops(model: nn.Module, img_size: int = 224) -> int:
+    """MACs of one image in the paper's convention (ptflops, pytorch backend, 3 x img_size x img_size)."""
+    from ptflops import get_model_complexity_info
+
+    was_training = model.training
+    model.eval()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        macs, _ = get_model_complexity_info(model, (3, img_size, img_size), as_strings=False,
+                                            print_per_layer_stat=False, verbose=False, backend="pytorch")
+    model.train(was_training)
+    if macs is None:
+        raise RuntimeError("ptflops failed to count this model (it printed its error to stdout)")
+    return int(macs)
+
+
+_aten = torch.ops.aten
+_READS_INPUT = {_aten.sum, _aten.mean, _aten.amax, _aten.amin, _aten.max_pool2d_with_indices, _aten.avg_pool2d,
+                _aten.adaptive_avg_pool2d, _aten._adaptive_avg_pool2d, _aten.native_batch_norm,
+                _aten._native_batch_norm_legit_no_training, _aten._native_batch_norm_legit, _aten.native_layer_norm,
+                _aten._softmax}
+
+
+class _ElementwiseCounter(TorchDispatchMode):
+    """Counts point-wise outputs and reduction/normalisation inputs, element by element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.pointwise in func.tags:
+            first = out[0] if isinstance(out, (tuple, list)) else out
+            self.count += first.numel() if isinstance(first, torch.Tensor) else 0
+        elif func._overloadpacket in _READS_INPUT and isinstance(args[0], torch.Tensor):
+            self.count += args[0].numel()
+        return out
+
+
+def flops_full(model: nn.Module, img_size: int = 224) -> int:
+    """FLOPs of one image counting every op: 2 per multiply-add of convs/matmuls, 1 per element of the rest."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    dense, elementwise = FlopCounterMode(display=False), _ElementwiseCounter()
+    with torch.no_grad(), dense, elementwise:
+        model(_input(model, img_size))
+    model.train(was_training)
+    return int(dense.get_total_flops()) + elementwise.count

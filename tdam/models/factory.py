@@ -1,0 +1,290 @@
+"""``tdam.create_model``: the paper's TD and baseline models on timm's ResNet, ConvNeXt and MobileNetV3.
+
+A TD model is timm's baseline model whose chosen blocks are replaced by TD blocks that reuse the baseline block's
+layers (same parameter names, plus ``td.*`` and the per-step norms ``bn{i}_{k}``). The models are also registered in
+timm's registry (``timm.create_model('td_resnet50', t=2, m=1)``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import timm
+import torch.nn as nn
+from timm.models import generate_default_cfgs, register_model
+
+from .blocks import TDBlock, td_block_from
+from .steps import _blocks, steps_class_for
+
+__all__ = ["create_model", "ARCHS", "ATTENTIONS", "TD_DEFAULTS", "default_td_placement"]
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
+ATTENTIONS = (None, "td", "se", "cbam", "eca", "fca")
+_ATTENTIONS_FOR = {
+    **{a: ATTENTIONS for a in ARCHS if a.startswith("resnet")},
+    "convnext_tiny": (None, "td", "fca"),
+    "mobilenetv3_large_100": (None, "td"),  # the plain model keeps its own SE blocks
+}
+
+# Where TD goes by default (supplement §1 and the authors' code). Stage numbers are 1-based as the paper names them.
+# ResNet-101: the authors' list for layer3 is (0, 1, 2, 8, 13, 18, 22, 23, 24, 25), but layer3 has 23 blocks (0..22)
+# and their code skips the indices that do not exist, so 7 blocks get TD (this gives the published 46,754,856 params).
+TD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "resnet18": dict(td_stages=(3, 4)),
+    "resnet34": dict(td_stages=(3, 4)),
+    "resnet50": dict(td_stages=(3, 4)),
+    "resnet101": dict(td_stages=(3, 4), td_blocks={3: (0, 1, 2, 8, 13, 18, 22)}),
+    "convnext_tiny": dict(td_stages=(3, 4)),
+    "mobilenetv3_large_100": dict(td_stages=(4, 5, 6)),  # the last three InvertedResidual stages (80/112/160 ch)
+}
+_TD_OPTIONS = ("t", "m", "td_mode", "td_order", "td_feedback", "td_pool", "td_stages", "td_blocks",
+               "td_zero_init_step_norms", "td_keep_se")
+
+
+def _check(name: str, value: Any, choices: Iterable) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(repr(c) for c in choices)}")
+
+
+def default_td_placement(arch: str) -> dict[str, Any]:
+    """The default ``td_stages``/``td_blocks`` of an architecture."""
+    _check("arch", arch, ARCHS)
+    return dict(TD_DEFAULTS[arch])
+
+
+def _resolve_blocks(stages: list[nn.Module], arch: str, td_stages, td_blocks) -> dict[int, tuple[int, ...]]:
+    """Map stage number -> block indices that get TD, validated against the model."""
+    n = len(stages)
+    defaults = TD_DEFAULTS[arch]
+    if td_stages is None:
+        td_stages = defaults["td_stages"]
+        if td_blocks is None:
+            td_blocks = defaults.get("td_blocks")
+    if isinstance(td_stages, int):
+        td_stages = (td_stages,)
+    td_stages = tuple(td_stages)
+    if not td_stages or any(not isinstance(s, int) or not 1 <= s <= n for s in td_stages):
+        raise ValueError(f"td_stages={td_stages!r} is not valid; use stage numbers in 1..{n} (1-based, as the "
+                         f"paper names them: ResNet layer3 = 3)")
+    td_blocks = {int(k): tuple(v) for k, v in (td_blocks or {}).items()}
+    extra = set(td_blocks) - set(td_stages)
+    if extra:
+        raise ValueError(f"td_blocks names stages {sorted(extra)} that are not in td_stages={td_stages}")
+    out = {}
+    for s in td_stages:
+        nb = len(_blocks(stages[s - 1]))
+        idx = td_blocks.get(s, tuple(range(nb)))
+        bad = [i for i in idx if not isinstance(i, int) or not 0 <= i < nb]
+        if bad:
+            raise ValueError(f"td_blocks[{s}] has indices {bad} out of range; stage {s} has blocks 0..{nb - 1}")
+        out[s] = tuple(sorted(set(idx)))
+    return out
+
+
+def _add_td(model: nn.Module, arch: str, *, t: int, m: int, td_mode: str, td_order: str, td_feedback: str,
+            td_pool: str, td_stages, td_blocks, td_zero_init_step_norms: bool, td_keep_se: bool) -> None:
+    stages = model.stage_list()
+    placement = _resolve_blocks(stages, arch, td_stages, td_blocks)
+    opts = dict(t=t, m=m, mode=td_mode, order=td_order, pool=td_pool, feedback=td_feedback,
+                zero_init_step_norms=td_zero_init_step_norms)
+    if arch.startswith("mobilenetv3"):
+        opts["keep_se"] = td_keep_se
+    elif td_keep_se:
+        raise ValueError("td_keep_se applies to mobilenetv3_large_100 only")
+    for s, idx in placement.items():
+        blocks = _blocks(stages[s - 1])
+        for i in idx:
+            blocks[i] = td_block_from(blocks[i], **opts)
+
+
+def _strip_attention(model: nn.Module, attn_stages: Iterable[int]) -> None:
+    """Keep the baseline attention (``block.se``) only in the given 1-based stages (Table 2's "SE(L3+4)")."""
+    keep = set(attn_stages)
+    stages = model.stage_list()
+    bad = [s for s in keep if not isinstance(s, int) or not 1 <= s <= len(stages)]
+    if bad:
+        raise ValueError(f"attn_stages has invalid stages {bad}; use numbers in 1..{len(stages)}")
+    for i, stage in enumerate(stages, 1):
+        if i not in keep:
+            for block in _blocks(stage):
+                block.se = None
+
+
+def create_model(
+        arch: str,
+        *,
+        attention: str | None = None,
+        num_classes: int = 1000,
+        t: int | None = None,
+        m: int | None = None,
+        td_mode: str | None = None,
+        td_order: str | None = None,
+        td_feedback: str | None = None,
+        td_pool: str | None = None,
+        td_stages: Iterable[int] | None = None,
+        td_blocks: Mapping[int, Iterable[int]] | None = None,
+        td_zero_init_step_norms: bool | None = None,
+        td_keep_se: bool | None = None,
+        attn_stages: Iterable[int] | None = None,
+        eca_kernels: str | None = None,
+        pretrained: bool = False,
+        **timm_kwargs: Any,
+) -> nn.Module:
+    """Build one of the paper's models.
+
+    Args:
+        arch: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``convnext_tiny`` or ``mobilenetv3_large_100``.
+        attention: ``None`` (plain), ``'td'``, or a baseline: ``'se'``, ``'cbam'``, ``'eca'``, ``'fca'`` (the official
+            modules in every ResNet block; FCA also on ConvNeXt-T).
+        num_classes: classifier size.
+        t: computation steps (>= 1, default 2). m: feedback distance (default 1): 0-3 for Bottleneck, 0-2 for
+            BasicBlock, 1-2 for ConvNeXt, 1 for MobileNetV3.
+        td_mode: ``'top'``, ``'joint'`` (default) or ``'additive'``. td_order: ``'channel_spatial'`` (default),
+            ``'spatial_channel'``, ``'channel'``, ``'spatial'``, ``'parallel'``. td_feedback: ``'attention'`` (default),
+            ``'identity'``, ``'conv'``. td_pool: ``'avg'`` (default), ``'max'``, ``'avg+max'``.
+        td_stages: 1-based stages with TD (default: the paper's, see ``TD_DEFAULTS``). td_blocks: stage -> 0-based
+            block indices (default: all blocks; ResNet-101 layer3 uses the authors' subset).
+        td_zero_init_step_norms: zero-init the per-step norms' weights (default False: the authors' code keeps them at
+            1 while zero-initialising the block's own last norm, timm's ``zero_init_last``).
+        td_keep_se: MobileNetV3 only: keep the block's SE inside TD blocks (default False).
+        attn_stages: baselines only: 1-based stages that keep the attention module (default: all).
+        eca_kernels: ECA only: ``'adaptive'`` (the paper's rule, default) or ``'released'`` (per-stage kernels of the
+            released checkpoints).
+        pretrained: must be False: no downloads; load weights with ``tdam.load_checkpoint``.
+        **timm_kwargs: passed to timm's model (``drop_rate``, ``drop_path_rate``, ``global_pool``, ...).
+
+    Raises:
+        ValueError: for any invalid choice, naming the valid ones.
+    """
+    _check("arch", arch, ARCHS)
+    _check(f"attention (for {arch})", attention, _ATTENTIONS_FOR[arch])
+    if pretrained:
+        raise ValueError("pretrained=True is not supported: tdam never downloads weights; build the model and load a "
+                         "checkpoint file with tdam.load_checkpoint(model, path)")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes={num_classes!r} must be a non-negative integer")
+    td_given = {k: v for k, v in dict(t=t, m=m, td_mode=td_mode, td_order=td_order, td_feedback=td_feedback,
+                                      td_pool=td_pool, td_stages=td_stages, td_blocks=td_blocks,
+                                      td_zero_init_step_norms=td_zero_init_step_norms,
+                                      td_keep_se=td_keep_se).items() if v is not None}
+    if td_given and attention != "td":
+        raise ValueError(f"TD options {sorted(td_given)} given, but attention={attention!r}; "
+                         "they apply only with attention='td'")
+    if attention not in ("se", "cbam", "eca", "fca"):
+        if attn_stages is not None:
+            raise ValueError("attn_stages applies to the baselines 'se', 'cbam', 'eca', 'fca' only")
+    if eca_kernels is not None and attention != "eca":
+        raise ValueError("eca_kernels applies to attention='eca' only")
+
+    base_kwargs = dict(timm_kwargs, num_classes=num_classes)
+    if attention in ("se", "cbam", "eca", "fca") and arch.startswith("resnet"):
+        from .attention import resnet_attn_layer
+
+        layer = resnet_attn_layer(attention, arch=arch, eca_kernels=eca_kernels or "adaptive")
+        base_kwargs["block_args"] = dict(base_kwargs.get("block_args") or {}, attn_layer=layer)
+    model = timm.create_model(arch, pretrained=False, **base_kwargs)
+    model.__class__ = steps_class_for(model)  # timm's class + step-wise evaluation methods (adds no state)
+
+    if attention == "fca" and arch == "convnext_tiny":
+        from .attention import add_fca_to_convnext
+
+        add_fca_to_convnext(model)
+    if attention in ("se", "cbam", "eca", "fca") and attn_stages is not None:
+        _strip_attention(model, attn_stages)
+    if attention == "td":
+        _add_td(model, arch, t=2 if t is None else t, m=1 if m is None else m, td_mode=td_mode or "joint",
+                td_order=td_order or "channel_spatial", td_feedback=td_feedback or "attention",
+                td_pool=td_pool or "avg", td_stages=td_stages, td_blocks=td_blocks,
+                td_zero_init_step_norms=bool(td_zero_init_step_norms), td_keep_se=bool(td_keep_se))
+
+    config = dict(arch=arch, attention=attention, num_classes=num_classes, **td_given, **timm_kwargs)
+    for key, value in (("attn_stages", attn_stages), ("eca_kernels", eca_kernels)):
+        if value is not None:
+            config[key] = value
+    if "td_stages" in config:
+        config["td_stages"] = list(config["td_stages"]) if not isinstance(td_stages, int) else [td_stages]
+    if "td_blocks" in config:
+        config["td_blocks"] = {int(k): list(v) for k, v in config["td_blocks"].items()}
+    model.model_config = config
+    return model
+
+
+def is_td_model(model: nn.Module) -> bool:
+    return any(isinstance(m, TDBlock) for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# timm registry entries: td_<arch> and the official baselines <attn>_<arch>, e.g. timm.create_model('td_resnet50').
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **kwargs)
+
+
+_RESNET_CFG = dict(first_conv="conv1", classifier="fc")
+default_cfgs = generate_default_cfgs({
+    **{f"td_{a}": _cfg(**_RESNET_CFG) for a in ARCHS if a.startswith("resnet")},
+    **{f"{att}_{a}": _cfg(**_RESNET_CFG) for att in ("se", "cbam", "eca", "fca") for a in ARCHS
+       if a.startswith("resnet")},
+    "td_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
+    "fca_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
+    "td_mobilenetv3_large_100": _cfg(first_conv="conv_stem", classifier="classifier"),
+})
+
+
+def _entry(arch: str, attention: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    model = create_model(arch, attention=attention, pretrained=pretrained, **kwargs)
+    model.pretrained_cfg = model.default_cfg = default_cfgs[f"{attention}_{arch}"].default.to_dict()
+    return model
+
+
+@register_model
+def td_resnet18(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("resnet18", "td", pretrained, kwargs)
+
+
+@register_model
+def td_resnet34(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("resnet34", "td", pretrained, kwargs)
+
+
+@register_model
+def td_resnet50(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("resnet50", "td", pretrained, kwargs)
+
+
+@register_model
+def td_resnet101(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("resnet101", "td", pretrained, kwargs)
+
+
+@register_model
+def td_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("convnext_tiny", "td", pretrained, kwargs)
+
+
+@register_model
+def td_mobilenetv3_large_100(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("mobilenetv3_large_100", "td", pretrained, kwargs)
+
+
+@register_model
+def fca_convnext_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    return _entry("convnext_tiny", "fca", pretrained, kwargs)
+
+
+def _register_resnet_baselines() -> None:
+    for att in ("se", "cbam", "eca", "fca"):
+        for arch in ARCHS:
+            if arch.startswith("resnet"):
+                def fn(pretrained: bool = False, _arch=arch, _att=att, **kwargs: Any) -> nn.Module:
+                    return _entry(_arch, _att, pretrained, kwargs)
+                fn.__name__ = fn.__qualname__ = f"{att}_{arch}"
+                fn.__module__ = __name__
+                fn.__doc__ = f"ResNet{arch[6:]} with the official {att.upper()} module in every block."
+                register_model(fn)
+
+
+_register_resnet_baselines()

@@ -1,0 +1,149 @@
+"""Computation steps at inference (the paper's step protocol, spec 01 §1.3).
+
+"To operate the TD model at different computational steps, the time steps of all blocks in the LAST TD stage are set
+to 1 ... t" -- earlier stages keep their trained t. ``forward_steps`` returns the logits for every step count while
+computing the stem and the earlier stages once. Every model built by ``tdam.create_model`` (plain ones too, with a
+single step) is one of the classes below: timm's model class plus these methods.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from timm.models.convnext import ConvNeXt
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.resnet import ResNet
+
+from .blocks import TDBlock
+
+__all__ = ["StepsMixin", "TDResNet", "TDConvNeXt", "TDMobileNetV3", "steps_class_for"]
+
+
+def _blocks(stage: nn.Module) -> nn.Module:
+    """The blocks of a stage (ConvNeXt stages hold theirs in ``.blocks`` after the downsampling layer)."""
+    return getattr(stage, "blocks", stage)
+
+
+class StepsMixin:
+    """Step-wise evaluation for models whose stages may hold TD blocks (see the module docstring)."""
+
+    def stage_list(self) -> list[nn.Module]:
+        """The stages in order (stage number = index + 1), as run by ``forward_features``."""
+        raise NotImplementedError
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_post(self, x: torch.Tensor) -> torch.Tensor:
+        """What ``forward_features`` does after the last stage (e.g. ConvNeXt's ``norm_pre``)."""
+        return x
+
+    def td_blocks(self, stage: int | None = None) -> list[TDBlock]:
+        """TD blocks of a stage (1-based number) or, by default, of the last stage that has any."""
+        stages = self.stage_list()
+        if stage is None:
+            stage = self.last_td_stage
+            if stage is None:
+                return []
+        if not 1 <= stage <= len(stages):
+            raise ValueError(f"stage={stage} is not valid; this model has stages 1..{len(stages)}")
+        return [b for b in _blocks(stages[stage - 1]) if isinstance(b, TDBlock)]
+
+    @property
+    def last_td_stage(self) -> int | None:
+        """1-based number of the last stage holding TD blocks (None for a model without TD)."""
+        found = [i + 1 for i, s in enumerate(self.stage_list()) if any(isinstance(b, TDBlock) for b in _blocks(s))]
+        return found[-1] if found else None
+
+    @property
+    def td_steps(self) -> int:
+        """Current number of computation steps of the last TD stage (1 for a model without TD)."""
+        blocks = self.td_blocks()
+        return blocks[0].t if blocks else 1
+
+    @contextmanager
+    def steps(self, t: int, stage: int | None = None) -> Iterator[None]:
+        """Run the blocks of the last TD stage (or ``stage``) at ``t`` steps inside the ``with``; always restores."""
+        blocks = self.td_blocks(stage)
+        if not blocks:
+            if t != 1:
+                raise ValueError(f"t={t}: this model has no TD blocks{'' if stage is None else f' in stage {stage}'}, "
+                                 "so only t=1 is valid")
+            yield
+            return
+        most = min(b._n_step_norms + 1 for b in blocks)
+        if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= most:
+            raise ValueError(f"t={t!r} is not valid; these TD blocks have per-step norms for t in 1..{most}")
+        saved = [b.t for b in blocks]
+        try:
+            for b in blocks:
+                b.t = t
+            yield
+        finally:
+            for b, old in zip(blocks, saved):
+                b.t = old
+
+    def forward_steps(self, x: torch.Tensor, features: bool = False) -> list:
+        """Logits for steps 1 .. t of the last TD stage; stem and earlier stages run once.
+
+        With ``features=True`` each entry is ``(feature_map, logits)``, the feature map being what
+        ``forward_features`` returns at that step (still in the autograd graph, e.g. for Grad-CAM).
+        Meant for evaluation: in train mode every step updates the BatchNorm statistics it uses.
+        """
+        stages = self.stage_list()
+        last = self.last_td_stage or len(stages)
+        x = self.forward_stem(x)
+        for stage in stages[:last - 1]:
+            x = stage(x)
+        out = []
+        for k in range(1, self.td_steps + 1):
+            with self.steps(k):
+                y = x
+                for stage in stages[last - 1:]:
+                    y = stage(y)
+                f = self.forward_post(y)
+                logits = self.forward_head(f)
+            out.append((f, logits) if features else logits)
+        return out
+
+
+class TDResNet(StepsMixin, ResNet):
+    """timm ResNet with TD blocks in some stages (``layer1`` .. ``layer4`` are stages 1 .. 4)."""
+
+    def stage_list(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+
+class TDConvNeXt(StepsMixin, ConvNeXt):
+    """timm ConvNeXt with TD blocks (``stages[0..3]`` are stages 1 .. 4, each with its downsampling)."""
+
+    def stage_list(self) -> list[nn.Module]:
+        return list(self.stages)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
+    def forward_post(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(x)
+
+
+class TDMobileNetV3(StepsMixin, MobileNetV3):
+    """timm MobileNetV3 with TD blocks (``blocks[0..6]`` are stages 1 .. 7)."""
+
+    def stage_list(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn1(self.conv_stem(x))
+
+
+def steps_class_for(model: nn.Module) -> type:
+    for base, cls in ((ResNet, TDResNet), (ConvNeXt, TDConvNeXt), (MobileNetV3, TDMobileNetV3)):
+        if isinstance(model, base):
+            return cls
+    raise ValueError(f"no step-wise version of {type(model).__name__}")

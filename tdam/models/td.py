@@ -1,0 +1,135 @@
+"""The top-down attention module (TD) of TDAM (Jaiswal, Fernando, Tan, ECCV 2022, https://arxiv.org/abs/2111.13470).
+
+Vocabulary used throughout ``tdam``:
+
+* *bottom* ``B`` (N, Cb, H, W): a feature map inside a residual branch; *top* ``T`` (N, Ct, H', W'): what the block's
+  last layers make of it. TD uses the top to decide which bottom features to keep.
+* *searchlight* ``s`` (N, Cb): a channel-importance vector computed from the pooled top (mode ``top``) or from the
+  pooled top and bottom (modes ``joint``, ``additive``) by a bias-free bottleneck MLP with ``rd = Ct // 16`` units.
+* *order*: how ``s`` is applied. ``channel_spatial`` (the paper's Chn->Sp, default) gates channels with ``sigmoid(s)``
+  and then space with ``sigmoid(sum_c s_c * B1_c)`` -- the RAW searchlight weights the channels of the channel-gated map.
+
+The MLP weights are stored as bias-free 1x1 convolutions, as in the authors' code (so their checkpoints load by
+renaming only), but applied to the pooled vectors as matrix products.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["TDAttention", "ConvFeedback", "TD_MODES", "TD_ORDERS", "TD_POOLS", "TD_FEEDBACKS", "check_choice"]
+
+TD_MODES = ("top", "joint", "additive")
+TD_ORDERS = ("channel_spatial", "spatial_channel", "channel", "spatial", "parallel")
+TD_POOLS = ("avg", "max", "avg+max")
+TD_FEEDBACKS = ("attention", "identity", "conv")
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise ``ValueError`` naming the valid choices when ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(repr(c) for c in choices)}")
+
+
+def _conv1x1(cin: int, cout: int) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def _pool(x: torch.Tensor, how: str) -> torch.Tensor:
+    return x.mean((2, 3)) if how == "avg" else x.amax((2, 3))
+
+
+def _spatial_logits(b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``sum_c w[n, c] * b[n, c, h, w]`` -> (N, 1, H, W), as one batched matrix product."""
+    return torch.einsum("nchw,nc->nhw", b, w).unsqueeze(1)
+
+
+class TDAttention(nn.Module):
+    """Top-down attention: modulates a bottom map ``B`` with a searchlight computed from the top map ``T``.
+
+    Args:
+        bottom_channels: ``Cb``, channels of the map being modulated.
+        top_channels: ``Ct``, channels of the top map; the MLP width is ``rd = Ct // reduction``.
+        mode: ``'top'`` (``s = W2 relu(W1 pt)``), ``'joint'`` (``s = W3 [relu(Wt pt), relu(Wb pb)]``, top part first) or
+            ``'additive'`` (``s = W3 (relu(Wt pt) + relu(Wb pb))``; the public code calls it "bilinear").
+        order: ``'channel_spatial'`` (default), ``'spatial_channel'``, ``'channel'``, ``'spatial'``, ``'parallel'``
+            (both gates from the unmodulated ``B``). In ``spatial_channel`` the channel gate is computed after the
+            spatial gate, so in ``joint``/``additive`` modes the bottom is re-pooled from the spatially gated map.
+        pool: ``'avg'`` (default), ``'max'`` or ``'avg+max'`` (the searchlight is computed per pooling and summed).
+    """
+
+    def __init__(
+            self,
+            bottom_channels: int,
+            top_channels: int,
+            mode: str = "joint",
+            order: str = "channel_spatial",
+            pool: str = "avg",
+            reduction: int = 16,
+    ) -> None:
+        super().__init__()
+        check_choice("td_mode", mode, TD_MODES)
+        check_choice("td_order", order, TD_ORDERS)
+        check_choice("td_pool", pool, TD_POOLS)
+        rd = top_channels // reduction
+        if rd < 1:
+            raise ValueError(f"top_channels={top_channels} is too small for reduction {reduction} (need >= {reduction})")
+        self.mode, self.order, self.pool = mode, order, pool
+        self.pools = ("avg", "max") if pool == "avg+max" else (pool,)
+        if mode == "top":
+            self.fc1 = _conv1x1(top_channels, rd)
+            self.fc2 = _conv1x1(rd, bottom_channels)
+        else:
+            self.fc_top = _conv1x1(top_channels, rd)
+            self.fc_bottom = _conv1x1(bottom_channels, rd)
+            self.fc_out = _conv1x1(2 * rd if mode == "joint" else rd, bottom_channels)
+
+    def _searchlight1(self, pb: torch.Tensor | None, pt: torch.Tensor) -> torch.Tensor:
+        if self.mode == "top":
+            return F.linear(F.relu(F.linear(pt, self.fc1.weight.flatten(1))), self.fc2.weight.flatten(1))
+        ht = F.relu(F.linear(pt, self.fc_top.weight.flatten(1)))
+        hb = F.relu(F.linear(pb, self.fc_bottom.weight.flatten(1)))
+        h = torch.cat((ht, hb), 1) if self.mode == "joint" else ht + hb
+        return F.linear(h, self.fc_out.weight.flatten(1))
+
+    def searchlight(self, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The searchlight ``s`` (N, Cb) from the bottom and top maps."""
+        s = None
+        for how in self.pools:
+            pb = None if self.mode == "top" else _pool(b, how)
+            si = self._searchlight1(pb, _pool(t, how))
+            s = si if s is None else s + si
+        return s
+
+    def forward(self, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = self.searchlight(b, t)
+        if self.order == "channel_spatial":
+            # B1 = B * g, a = sigmoid(sum_c s_c B1_c) = sigmoid(sum_c (s_c g_c) B_c): no need to materialise B1 first.
+            g = torch.sigmoid(s)
+            a = torch.sigmoid(_spatial_logits(b, s * g))
+            return b * g[:, :, None, None] * a
+        if self.order == "channel":
+            return b * torch.sigmoid(s)[:, :, None, None]
+        if self.order == "spatial":
+            return b * torch.sigmoid(_spatial_logits(b, s))
+        if self.order == "parallel":
+            return b * torch.sigmoid(s)[:, :, None, None] * torch.sigmoid(_spatial_logits(b, s))
+        # spatial_channel
+        b1 = b * torch.sigmoid(_spatial_logits(b, s))
+        if self.mode != "top":
+            s = self.searchlight(b1, t)
+        return b1 * torch.sigmoid(s)[:, :, None, None]
+
+
+class ConvFeedback(nn.Module):
+    """The ``'conv'`` feedback of the ablation table: ``B_{k+1} = conv1x1(T_k)`` (Ct -> Cb, no bias)."""
+
+    def __init__(self, bottom_channels: int, top_channels: int) -> None:
+        super().__init__()
+        self.conv = _conv1x1(top_channels, bottom_channels)
+
+    def forward(self, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.conv(t)
