@@ -68,7 +68,9 @@ class TDBlock(nn.Module):
         self._rec = self.rec_layers(m)
         self._pre = self.layers[:len(self.layers) - len(self._rec)]
         self._rec_norms = tuple(n for n in self._rec if n in self.norms)
-        if feedback == "attention":
+        if m and t == 1:
+            self.td = None  # one step applies no feedback: no TD parameters that would never receive a gradient
+        elif feedback == "attention":
             self.td = TDAttention(bottom_channels, top_channels, mode=mode, order=order, pool=pool)
         elif feedback == "conv":
             self.td = ConvFeedback(bottom_channels, top_channels)

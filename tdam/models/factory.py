@@ -56,13 +56,10 @@ def _resolve_blocks(stages: list[nn.Module], arch: str, td_stages, td_blocks) ->
     """Map stage number -> block indices that get TD, validated against the model."""
     n = len(stages)
     defaults = TD_DEFAULTS[arch]
-    if td_stages is None:
-        td_stages = defaults["td_stages"]
-        if td_blocks is None:
-            td_blocks = defaults.get("td_blocks")
-    if isinstance(td_stages, int):
-        td_stages = (td_stages,)
-    td_stages = tuple(td_stages)
+    td_stages = defaults["td_stages"] if td_stages is None else td_stages
+    td_stages = (td_stages,) if isinstance(td_stages, int) else tuple(td_stages)
+    if td_blocks is None:  # the default block subsets (ResNet-101 layer3) apply to whichever stages are chosen
+        td_blocks = {s: b for s, b in defaults.get("td_blocks", {}).items() if s in td_stages}
     if not td_stages or any(not isinstance(s, int) or not 1 <= s <= n for s in td_stages):
         raise ValueError(f"td_stages={td_stages!r} is not valid; use stage numbers in 1..{n} (1-based, as the "
                          f"paper names them: ResNet layer3 = 3)")
@@ -143,7 +140,8 @@ def create_model(
             ``'spatial_channel'``, ``'channel'``, ``'spatial'``, ``'parallel'``. td_feedback: ``'attention'`` (default),
             ``'identity'``, ``'conv'``. td_pool: ``'avg'`` (default), ``'max'``, ``'avg+max'``.
         td_stages: 1-based stages with TD (default: the paper's, see ``TD_DEFAULTS``). td_blocks: stage -> 0-based
-            block indices (default: all blocks; ResNet-101 layer3 uses the authors' subset).
+            block indices (default: all blocks, except ResNet-101's layer3, which uses the authors' subset whenever
+            layer3 has TD; pass ``td_blocks={3: range(23)}`` for all of it).
         td_zero_init_step_norms: zero-init the per-step norms' weights (default False: the authors' code keeps them at
             1 while zero-initialising the block's own last norm, timm's ``zero_init_last``).
         td_keep_se: MobileNetV3 only: keep the block's SE inside TD blocks (default False).
