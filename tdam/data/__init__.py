@@ -1,0 +1,95 @@
+"""tdam.data: the embedded "tdam-shapes" datasets, readers for the real datasets' on-disk formats, transforms and
+loaders (spec 07-data.md).
+
+Generator
+    ``make_shapes_dataset(root=None, *, seed=0, size='default'|'tiny') -> Path`` writes ImageNet / ImageNetV2 /
+    CUB-200-2011 / Stanford Dogs / COCO-2014 look-alikes IN THE REAL FORMATS (see :mod:`tdam.data.shapes`), cached.
+Readers (one API; ``root`` is the dataset's own root, the path a user gives for the real dataset)
+    ``build_dataset(kind, root, split, transform=None, *, variant=None, on_bad_image='raise'|'skip', **options)``
+
+    =============== ====================================== ===================== ===================================
+    kind            root                                   splits                targets / boxes
+    =============== ====================================== ===================== ===================================
+    imagenet        ``<shapes>/imagenet`` (train/, val/)   train, val (test=val) sorted-wnid index; val boxes (XML)
+    imagenet_v2     ``<shapes>/imagenet_v2`` or a variant  test (val=test)       int(folder name); no boxes
+    cub200          ``<shapes>/cub200/CUB_200_2011``       train, test (val=test) class_id - 1; one box per image
+    stanford_dogs   ``<shapes>/stanford_dogs``             train, test (val=test) labels - 1; XML boxes (all dogs)
+    coco2014        ``<shapes>/coco2014``                  train, val (test=val) multi-hot by ascending cat id; boxes
+    =============== ====================================== ===================== ===================================
+
+    Every dataset has ``classes``, ``targets``, ``len``, ``[i] -> (image, target)``, ``path(i)``,
+    ``image_size(i) -> (w, h)``, ``has_boxes``, ``boxes(i)`` (float (K, 4) xyxy, original pixels) and
+    ``objects(i) -> (boxes, labels)``. ``variant`` selects the ImageNetV2 test set ('matched-frequency' default,
+    'threshold0.7', 'top-images').
+Errors
+    A missing root / wrong layout / missing annotation file raises :class:`DatasetLayoutError` (a FileNotFoundError
+    and ValueError) naming the path and printing the expected layout. An undecodable image raises
+    :class:`BadImageError` (an OSError) naming the file; with ``on_bad_image='skip'`` the dataset returns a falsy
+    :class:`BadSample` instead, the loader from :func:`build_loader` drops it, counts it in ``loader.bad_images`` for
+    the epoch and logs a warning at the epoch's end.
+Boxes through the eval geometry
+    ``map_boxes(boxes, orig_size, resize, crop)``, ``eval_geometry(img_size, crop_pct=..., preset=...)``,
+    ``geometry_from_transform(transform)``.
+Transforms and loaders
+    ``build_transform(train, img_size=224, *, preset='imagenet'|'wsdan'|'asl', crop_pct=0.875, ...)``,
+    ``build_loader(dataset, *, batch_size, train, num_workers=None, distributed=False, seed=0, drop_last=None)``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from .base import BadSample, ImageDataset
+from .boxes import Geometry, eval_geometry, geometry_from_transform, map_boxes
+from .coco import COCO2014Dataset
+from .errors import BadImageError, DatasetLayoutError
+from .finegrained import CUB200Dataset, StanfordDogsDataset
+from .imagenet import IMAGENET_V2_VARIANTS, ImageNetDataset, ImageNetV2Dataset
+from .loader import CountingDataLoader, build_loader, collate_drop_bad
+from .shapes import MARKER, load_manifest, make_shapes_dataset
+from .transforms import PRESETS, build_transform
+
+__all__ = [
+    "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS", "build_transform", "build_loader",
+    "map_boxes", "eval_geometry", "geometry_from_transform", "Geometry", "DatasetLayoutError", "BadImageError",
+    "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
+    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "PRESETS",
+    "shapes_root",
+]
+
+DATASETS: dict[str, type[ImageDataset]] = {
+    "imagenet": ImageNetDataset,
+    "imagenet_v2": ImageNetV2Dataset,
+    "cub200": CUB200Dataset,
+    "stanford_dogs": StanfordDogsDataset,
+    "coco2014": COCO2014Dataset,
+}
+
+#: where each kind lives inside a make_shapes_dataset() folder
+_SHAPES_SUBDIR = {"imagenet": "imagenet", "imagenet_v2": "imagenet_v2", "cub200": "cub200/CUB_200_2011",
+                  "stanford_dogs": "stanford_dogs", "coco2014": "coco2014"}
+
+
+def build_dataset(kind: str, root: str | os.PathLike, split: str, transform: Callable | None = None, *,
+                  variant: str | None = None, on_bad_image: str = "raise", **options) -> ImageDataset:
+    """Open dataset ``kind`` at its root (see the module docstring table). ``variant`` is for ``imagenet_v2``
+    only; ``options`` go to the reader (e.g. ``boxes_dir`` for imagenet, ``include_unlabeled`` for coco2014,
+    ``num_classes`` for imagenet_v2, ``target_transform``)."""
+    if kind not in DATASETS:
+        raise ValueError(f"kind={kind!r} is not valid; choices: {sorted(DATASETS)}")
+    if (Path(root) / MARKER).is_file():
+        raise DatasetLayoutError(f"{root} is a whole tdam-shapes folder, not a {kind} dataset root; pass "
+                                 f"{shapes_root(root, kind)} (tdam.data.shapes_root(root, {kind!r}))")
+    if variant is not None:
+        if kind != "imagenet_v2":
+            raise ValueError(f"variant= is only for kind='imagenet_v2', not {kind!r}")
+        options["variant"] = variant
+    return DATASETS[kind](root, split, transform, on_bad_image=on_bad_image, **options)
+
+
+def shapes_root(shapes: str | os.PathLike, kind: str) -> str:
+    """The dataset root of ``kind`` inside a tdam-shapes folder (e.g. ``<shapes>/cub200/CUB_200_2011``)."""
+    if kind not in _SHAPES_SUBDIR:
+        raise ValueError(f"kind={kind!r} is not valid; choices: {sorted(_SHAPES_SUBDIR)}")
+    return os.path.join(os.fspath(shapes), _SHAPES_SUBDIR[kind])

@@ -1,0 +1,87 @@
+"""MS-COCO 2014 multi-label reader (spec 07 §3f, 06-transfer.md §2).
+
+Targets are float multi-hot vectors over the JSON's categories mapped by ASCENDING category id (ASL's ``cat2cat``;
+80 entries for real COCO, never ``id - 1``). Following the multi-label benchmark convention (pycocotools' imgToAnns),
+images without any annotation are left out unless ``include_unlabeled=True``. All annotations count, crowd ones too.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import torch
+
+from .base import ImageDataset, boxes_tensor
+from .errors import layout_error
+
+__all__ = ["COCO2014Dataset"]
+
+_COCO_LAYOUT = """\
+<root>/annotations/instances_train2014.json
+<root>/annotations/instances_val2014.json
+<root>/train2014/COCO_train2014_XXXXXXXXXXXX.jpg
+<root>/val2014/COCO_val2014_XXXXXXXXXXXX.jpg"""
+
+
+class COCO2014Dataset(ImageDataset):
+    """COCO-2014 instances as a multi-label dataset. ``split`` in {'train', 'val'} ('test' = 'val').
+    ``classes`` = category names by ascending id, ``category_ids`` the ids, ``cat_to_label`` the id -> index map."""
+
+    kind = "coco2014"
+    layout = _COCO_LAYOUT
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None, *,
+                 on_bad_image: str = "raise", include_unlabeled: bool = False,
+                 target_transform: Callable | None = None) -> None:
+        split = self._split(split, {"train": "train", "val": "val", "test": "val"}, self.kind)
+        super().__init__(root, split, transform, on_bad_image=on_bad_image, target_transform=target_transform)
+        self._check_root()
+        ann_path = self._require(self.root / "annotations" / f"instances_{split}2014.json",
+                                 f"annotation file 'annotations/instances_{split}2014.json'")
+        img_dir = self._require(self.root / f"{split}2014", f"image folder '{split}2014/'", is_dir=True)
+        try:
+            data = json.loads(ann_path.read_text())
+            cats = sorted(data["categories"], key=lambda c: int(c["id"]))
+            images, anns = data["images"], data["annotations"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise layout_error(self.kind, ann_path, f"malformed instances JSON ({type(e).__name__}: {e}); need "
+                               "'images', 'annotations', 'categories' in", self.layout) from e
+        self.category_ids = [int(c["id"]) for c in cats]
+        self.classes = [str(c["name"]) for c in cats]
+        self.cat_to_label = {cid: k for k, cid in enumerate(self.category_ids)}
+        per_image: dict[int, list[tuple[int, list[float]]]] = {}
+        for a in anns:
+            cid = int(a["category_id"])
+            if cid not in self.cat_to_label:
+                raise layout_error(self.kind, ann_path, f"annotation {a.get('id')} has category_id {cid} not in "
+                                   "'categories' of", self.layout)
+            per_image.setdefault(int(a["image_id"]), []).append((self.cat_to_label[cid], [float(v) for v in a["bbox"]]))
+        k = len(self.classes)
+        self.image_ids: list[int] = []
+        self._anns: list[list[tuple[int, list[float]]]] = []
+        self._sizes: list[tuple[int, int]] = []
+        for im in images:
+            iid = int(im["id"])
+            objs = per_image.get(iid, [])
+            if not objs and not include_unlabeled:
+                continue
+            target = torch.zeros(k, dtype=torch.float32)
+            if objs:
+                target[torch.tensor(sorted({c for c, _ in objs}))] = 1.0
+            self.samples.append((str(img_dir / im["file_name"]), target))
+            self.image_ids.append(iid)
+            self._anns.append(objs)
+            self._sizes.append((int(im["width"]), int(im["height"])))
+
+    @property
+    def has_boxes(self) -> bool:
+        return True
+
+    def objects(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        objs = self._anns[i]
+        boxes = boxes_tensor([[x, y, x + w, y + h] for _, (x, y, w, h) in objs])
+        return boxes, torch.tensor([c for c, _ in objs], dtype=torch.long)
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return self._sizes[i]

@@ -1,0 +1,36 @@
+"""Errors raised by the data readers.
+
+* :class:`DatasetLayoutError` -- a dataset root that does not exist or does not have the on-disk layout of the real
+  dataset. It subclasses both :class:`FileNotFoundError` and :class:`ValueError`, so either ``except`` catches it; the
+  message names the path that was missing/wrong and spells out the layout the reader expects.
+* :class:`BadImageError` -- an image file that cannot be decoded (corrupt, truncated, not an image). Subclasses
+  :class:`OSError` (like PIL's own ``UnidentifiedImageError``); the message names the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DatasetLayoutError", "BadImageError", "layout_error"]
+
+
+class DatasetLayoutError(FileNotFoundError, ValueError):
+    """A dataset root is missing or its layout differs from the real dataset's (see the message for the layout)."""
+
+
+class BadImageError(OSError):
+    """An image file could not be decoded; ``.path`` is the file."""
+
+    def __init__(self, path: str | Path, cause: BaseException | None = None) -> None:
+        self.path = str(path)
+        why = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"cannot read image file {self.path}{why}")
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return (BadImageError, (self.path,))
+
+
+def layout_error(kind: str, path: str | Path, problem: str, layout: str) -> DatasetLayoutError:
+    """Build a :class:`DatasetLayoutError` whose message names ``path`` and the expected ``layout``."""
+    return DatasetLayoutError(
+        f"{kind}: {problem}: {path}\nExpected layout under the dataset root:\n{layout.rstrip()}"
+    )

@@ -1,0 +1,121 @@
+"""Image transforms per recipe (04-training.md §4.1, 06-transfer.md §1.10 and §2.2), as named presets.
+
+* ``'imagenet'`` (timm's ``create_transform``): train = RandomResizedCrop(img_size, scale=(0.08, 1)) + horizontal
+  flip 0.5 (+ RandAugment via ``auto_augment='rand-m9-mstd0.5-inc1'``, + RandomErasing ``re_prob`` 'pixel' mode, +
+  optional colour jitter; none by default, as the paper's ResNet recipe) + ImageNet normalisation;
+  eval = Resize(floor(img_size / crop_pct)) on the shorter side (bilinear) + CentreCrop(img_size): 256 -> 224 at the
+  default, and the test-resolution variants res / 0.875 -> res for any ``img_size``.
+* ``'wsdan'`` (WS-DAN ``utils.get_transform`` generalised from 448): train = Resize((s, s)) with
+  s = int(img_size / crop_pct) (aspect ignored; 448 -> 512) + RandomCrop(img_size) + flip + ColorJitter(brightness=
+  0.126, saturation=0.5) + normalise; eval = Resize((s, s)) + CenterCrop(img_size) + normalise.
+* ``'asl'`` (ASL's COCO recipe): train = Resize((img_size, img_size)) squash + CutoutPIL(0.5) + RandAugment
+  (torchvision's, standing in for the unmaintained PyPI ``randaugment``); eval = Resize((img_size, img_size)).
+  ASL feeds [0, 1] tensors to TResNet; our timm/torchvision backbones need ImageNet normalisation, which is applied
+  unless ``normalize=False``.
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+__all__ = ["build_transform", "CutoutPIL", "PRESETS", "INTERPOLATIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+PRESETS = ("imagenet", "wsdan", "asl")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_TRAIN_WORDS = {"train": True, "val": False, "eval": False, "test": False}
+
+
+class CutoutPIL:
+    """ASL's CutoutPIL: one rectangle of round(f*w) x round(f*h) (each side halved around a uniform random centre,
+    clipped to the image) filled with a uniform random RGB colour, applied to every image."""
+
+    def __init__(self, cutout_factor: float = 0.5) -> None:
+        self.cutout_factor = cutout_factor
+
+    def __call__(self, img):
+        from PIL import ImageDraw
+
+        w, h = img.size
+        hc, wc = int(self.cutout_factor * h + 0.5), int(self.cutout_factor * w + 0.5)
+        yc, xc = random.randrange(h), random.randrange(w)
+        y1, y2 = min(max(yc - hc // 2, 0), h), min(max(yc + hc // 2, 0), h)
+        x1, x2 = min(max(xc - wc // 2, 0), w), min(max(xc + wc // 2, 0), w)
+        img = img.copy()
+        ImageDraw.Draw(img).rectangle([x1, y1, x2, y2], fill=tuple(random.randint(0, 255) for _ in range(3)))
+        return img
+
+    def __repr__(self) -> str:
+        return f"CutoutPIL(cutout_factor={self.cutout_factor})"
+
+
+def _as_train(train, kind) -> bool:
+    value = kind if train is None else train
+    if kind is not None and train is not None:
+        raise ValueError("pass either train or kind, not both")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in _TRAIN_WORDS:
+        return _TRAIN_WORDS[value]
+    raise ValueError(f"train={value!r} is not valid; choices: True, False, {sorted(_TRAIN_WORDS)}")
+
+
+def build_transform(train: bool | str | None = None, img_size: int = 224, *, kind: str | None = None,
+                    preset: str = "imagenet", crop_pct: float = 0.875, interpolation: str = "bilinear",
+                    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                    hflip: float = 0.5, auto_augment: str | None = None, re_prob: float = 0.0, re_mode: str = "pixel",
+                    re_count: int = 1, color_jitter: float | Sequence[float] | None = None,
+                    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                    normalize: bool = True):
+    """The train / eval transform of ``preset`` (see the module docstring) at ``img_size``.
+
+    ``train``: True / False, or 'train' / 'val' ('eval', 'test'); ``kind=`` is accepted as an alias. ``auto_augment``
+    is a timm RandAugment / AutoAugment string for 'imagenet' (e.g. ``'rand-m9-mstd0.5-inc1'``); for 'asl' any
+    non-empty value other than ``'none'`` keeps torchvision's RandAugment (on by default there)."""
+    is_train = _as_train(train, kind)
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not valid; choices: {PRESETS}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation={interpolation!r} is not valid; choices: {INTERPOLATIONS}")
+    if not isinstance(img_size, int) or img_size <= 0:
+        raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    if not 0 <= hflip <= 1 or not 0 <= re_prob <= 1:
+        raise ValueError(f"hflip and re_prob are probabilities in [0, 1], got {hflip}, {re_prob}")
+    from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
+
+    mode = InterpolationMode(interpolation)
+    tail = [T.ToTensor()] + ([T.Normalize(mean=list(mean), std=list(std))] if normalize else [])
+
+    if preset == "imagenet":
+        from timm.data import create_transform
+
+        # normalize=False -> identity normalisation, so both branches give float [0, 1] tensors (timm's own
+        # normalize=False would return uint8 tensors)
+        m, sd = (tuple(mean), tuple(std)) if normalize else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        if is_train:
+            return create_transform(img_size, is_training=True, scale=scale, ratio=ratio, hflip=hflip, vflip=0.0,
+                                    color_jitter=color_jitter, auto_augment=auto_augment, interpolation=interpolation,
+                                    mean=m, std=sd, re_prob=re_prob, re_mode=re_mode, re_count=re_count)
+        return create_transform(img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
+                                mean=m, std=sd)
+
+    if preset == "wsdan":
+        s = int(img_size / crop_pct)
+        if not is_train:
+            return T.Compose([T.Resize((s, s), interpolation=mode), T.CenterCrop(img_size), *tail])
+        cj = (0.126, 0.0, 0.5) if color_jitter is None else color_jitter
+        cj = (float(cj),) * 3 if isinstance(cj, (int, float)) else tuple(cj)
+        return T.Compose([T.Resize((s, s), interpolation=mode), T.RandomCrop(img_size), T.RandomHorizontalFlip(hflip),
+                          T.ColorJitter(brightness=cj[0], contrast=cj[1], saturation=cj[2]), *tail])
+
+    # asl
+    if not is_train:
+        return T.Compose([T.Resize((img_size, img_size), interpolation=mode), *tail])
+    ops = [T.Resize((img_size, img_size), interpolation=mode), CutoutPIL(0.5)]
+    if auto_augment is None or (auto_augment and auto_augment != "none"):
+        ops.append(T.RandAugment())
+    return T.Compose([*ops, *tail])
