@@ -4,6 +4,8 @@ Paper: https://arxiv.org/abs/2111.13470
 """
 __version__ = "0.1.0"
 
+from .checkpoint import export_safetensors, load_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from .models import create_model, is_td_model  # noqa: E402  (registers the models in timm's registry)
 
-__all__ = ["__version__", "create_model", "is_td_model"]
+__all__ = ["__version__", "create_model", "is_td_model", "load_checkpoint", "save_checkpoint", "load_model",
+           "read_checkpoint", "export_safetensors"]
