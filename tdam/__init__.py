@@ -4,6 +4,12 @@ Paper: https://arxiv.org/abs/2111.13470
 """
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
+# timm -> huggingface_hub imports tqdm.auto, which warns inside Jupyter kernels without ipywidgets; tdam never shows
+# widget progress bars (progress is plain text, and quiet when not interactive), so the warning is noise.
+_warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .checkpoint import export_safetensors, load_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: E402
 from .models import create_model, is_td_model  # noqa: E402  (registers the models in timm's registry)
 

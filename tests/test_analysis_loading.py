@@ -1,0 +1,147 @@
+"""Checkpoint -> model + evaluation data for the analysis notebooks, and their parameter validation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tdam.analysis import (
+    AttentionShiftParams,
+    LocalizationParams,
+    SelectivityParams,
+    choose_images,
+    crop_boxes,
+    crop_objects,
+    load_run,
+    localization_batches,
+    model_label,
+    sample_indices,
+    two_object_indices,
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, shapes_tiny):
+    from tdam import create_model
+    from tdam.checkpoint import save_checkpoint
+    from tdam.train.config import TrainConfig
+
+    cfg = TrainConfig(backbone="resnet18", attention="td", img_size=64, data_size="tiny", num_classes=12, epochs=1)
+    torch.manual_seed(0)
+    model = create_model("resnet18", attention="td", num_classes=12)
+    path = tmp_path_factory.mktemp("ckpt") / "td.pth"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.model_config, "config": cfg.to_dict(),
+                     "epoch": 1}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(checkpoint):
+    return load_run(checkpoint)
+
+
+def test_load_run_rebuilds_model_and_data(run, shapes_tiny):
+    assert run.label == "resnet18 TD-joint t2 m1" == model_label(run.model_config)
+    assert not run.model.training
+    assert run.dataset.root == shapes_tiny / "imagenet" and run.dataset.split == "val"
+    x, y = run.dataset[0]
+    assert x.shape == (3, 64, 64)
+    assert len(run.class_names) == 12
+
+
+def test_crop_boxes_follow_the_eval_geometry(run):
+    from tdam.data import map_boxes
+
+    for i in range(len(run.dataset)):
+        boxes = crop_boxes(run, i)
+        w, h = run.dataset.image_size(i)
+        ref, keep = map_boxes(run.dataset.boxes(i), (w, h), 73, 64, return_keep=True)  # floor(64 / 0.875) = 73
+        assert torch.equal(boxes, ref[keep].long())
+        assert ((boxes >= 0) & (boxes <= 63)).all()
+
+
+def test_two_object_images_and_choice(run):
+    two = two_object_indices(run)
+    ds = run.dataset
+    assert two == [i for i in range(len(ds)) if len({o["label"] for o in ds.all_objects(i)}) > 1]
+    assert two, "the tiny embedded data should hold two-object images"
+    objs = crop_objects(run, two[0])
+    assert sum(primary for _, _, primary in objs) == 1
+    picked = choose_images(run, min(2, len(two)), seed=1)
+    assert set(picked) <= set(two) and picked == sorted(picked)
+    assert picked == choose_images(run, min(2, len(two)), seed=1)
+    assert choose_images(run, 1, indices=[3, 0]) == [3, 0]
+    with pytest.raises(ValueError, match="out of range"):
+        choose_images(run, 1, indices=[len(ds)])
+    with pytest.raises(ValueError, match="only"):
+        choose_images(run, len(two) + 1)
+
+
+def test_sample_indices_spread_over_classes(run):
+    n = len(run.dataset)
+    assert sample_indices(run, 0) == list(range(n))
+    s = sample_indices(run, n // 2, seed=3)
+    assert len(s) == n // 2 == len(set(s)) and s == sample_indices(run, n // 2, seed=3)
+    assert len({run.dataset.targets[i] for i in s}) > 6  # not just the first classes
+
+
+def test_localization_batches(run):
+    idx = list(range(5))
+    batches = list(localization_batches(run, idx, 2))
+    assert [len(b[1]) for b in batches] == [2, 2, 1]
+    images, labels, boxes = batches[0]
+    assert images.shape == (2, 3, 64, 64) and labels.tolist() == [run.dataset.targets[0], run.dataset.targets[1]]
+    assert torch.equal(boxes[1], crop_boxes(run, 1))
+
+
+def test_params_validation():
+    p = AttentionShiftParams()
+    assert p.backbone == "resnet18" and p.num_images == 4 and p.as_dict()["two_objects"] is True
+    with pytest.raises(ValueError, match="backbone='vgg'.*choices"):
+        AttentionShiftParams(backbone="vgg")
+    with pytest.raises(ValueError, match="no such checkpoint"):
+        LocalizationParams(td_checkpoint="/nonexistent.pth")
+    with pytest.raises(ValueError, match="split"):
+        LocalizationParams(split="test2")
+    with pytest.raises(ValueError, match="num_figure_images"):
+        LocalizationParams(num_figure_images=0)
+    with pytest.raises(ValueError, match="choices"):
+        SelectivityParams(backbone="convnext_tiny")  # selectivity blocks are ResNet blocks
+    with pytest.raises(ValueError, match="block 1 changes the size"):
+        SelectivityParams(layer4_blocks=[1])
+    with pytest.raises(ValueError, match="image_indices"):
+        AttentionShiftParams(image_indices=[-1])
+
+
+def test_selectivity_block_choice():
+    from tdam import create_model
+
+    p = SelectivityParams(backbone="resnet34", layer3_blocks=[2, 4])
+    model = create_model("resnet34", num_classes=3)
+    assert p.blocks(model) == {4: [1, 2], 3: [1, 3]}
+    assert SelectivityParams(backbone="resnet34").blocks(model) == {4: [1, 2], 3: [1, 2, 3, 4, 5]}
+
+
+def test_attention_shift_tables(run):
+    from tdam.analysis import grad_cam_steps, load_images, object_rates, steps_table, two_object_targets
+
+    two = two_object_indices(run)[:3]
+    t = two_object_targets(run, two)
+    for j, i in enumerate(two):
+        objs = {primary: (name, box) for name, box, primary in crop_objects(run, i)}
+        assert run.class_names[int(t["primary_label"][j])] == objs[True][0]
+        assert t["primary_box"][j].tolist() == objs[True][1]
+        assert t["other_box"][j].tolist() == objs[False][1]
+    rates = object_rates(run, two, batch_size=2)
+    assert rates["step"].tolist() == [1, 2] and (rates["n_images"] == len(two)).all()
+    assert rates.loc[0, "shift_from_step1"] == 0.0
+    values = rates[["pred_primary", "pred_other", "box_on_primary", "box_on_other", "shift_from_step1"]].to_numpy()
+    assert ((values >= 0) & (values <= 100)).all()
+    # the rates are fractions of images, e.g. pred_primary = % of images predicted as the labelled class
+    images, labels = load_images(run, two)
+    steps = grad_cam_steps(run.model, images)
+    for k, s in enumerate(steps):
+        assert rates.loc[k, "pred_primary"] == pytest.approx((s.prediction == labels).float().mean().item() * 100)
+    assert object_rates(run, []).empty
+    table = steps_table({"td": steps}, labels, run.class_names, two, (64, 64))
+    assert len(table) == 2 * len(two) and set(table["step"]) == {1, 2}
+    assert table["correct"].tolist() == [bool(s.prediction[j] == labels[j]) for s in steps for j in range(len(two))]
