@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m tdam.demo
+	mkdir -p runs
+	$(VENV)/bin/papermill -k python3 --no-progress-bar notebooks/01_train_imagenet.ipynb runs/01_train_imagenet.ipynb
+	@echo "executed notebook: runs/01_train_imagenet.ipynb"; ls figures/01_train_curves_*.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q
