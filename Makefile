@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+# Idle OpenMP threads sleep instead of spinning: on a shared or small machine spinning threads slow torch ~10x.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-slow lab bench clean
 

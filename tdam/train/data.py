@@ -1,0 +1,74 @@
+"""Datasets and loaders for a training run, through ``tdam.data``'s readers and transforms.
+
+``data_dir: null`` means the embedded tdam-shapes dataset (generated once by ``tdam.data.make_shapes_dataset``);
+otherwise ``data_dir`` is the dataset root in its real layout (for ImageNet: ``<data_dir>/train/<wnid>/*.JPEG`` and
+``<data_dir>/val/<wnid>/*.JPEG``); a wrong layout fails here, before any model is built, naming what was expected.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from tdam.train.config import TrainConfig
+from tdam.train.distributed import DistInfo
+from tdam.train.state import ResumableSampler, ShardSampler
+
+__all__ = ["data_root", "build_datasets", "build_loaders", "bad_image_count"]
+
+_EMBEDDED_FOLDER = {"imagenet": "imagenet", "cub200": "cub200/CUB_200_2011", "stanford_dogs": "stanford_dogs"}
+
+
+def data_root(cfg: TrainConfig) -> Path:
+    """The dataset root: ``cfg.data_dir``, or the embedded dataset's folder for ``cfg.dataset``."""
+    if cfg.data_dir is not None:
+        return Path(cfg.data_dir).expanduser()
+    from tdam.data import make_shapes_dataset
+
+    return make_shapes_dataset(size=cfg.data_size) / _EMBEDDED_FOLDER[cfg.dataset]
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    """(train, val) datasets with the recipe's transforms (RandomResizedCrop + flip [+ RandAugment, erasing] for
+    training; resize img_size/crop_pct + centre crop for validation)."""
+    from tdam.data import build_dataset, build_transform
+
+    root = data_root(cfg)
+    train_tf = build_transform("train", img_size=cfg.img_size, scale=tuple(cfg.scale), hflip=cfg.hflip,
+                               auto_augment=cfg.auto_augment, re_prob=cfg.reprob, re_mode=cfg.remode,
+                               interpolation=cfg.interpolation)
+    val_tf = build_transform("val", img_size=cfg.img_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+    policy = "skip" if cfg.skip_bad_images else "raise"
+    train_set = build_dataset(cfg.dataset, root, cfg.train_split, transform=train_tf, on_bad_image=policy)
+    val_set = build_dataset(cfg.dataset, root, cfg.val_split, transform=val_tf, on_bad_image=policy)
+    return train_set, val_set
+
+
+def build_loaders(cfg: TrainConfig, train_set: Any, val_set: Any, dist: DistInfo
+                  ) -> tuple[DataLoader, DataLoader, ResumableSampler]:
+    """Training loader (shuffled by (seed, epoch), this rank's share, whole batches) and validation loader (this
+    rank's shard, in order), as ``tdam.data`` CountingDataLoaders (unreadable images skipped under
+    ``skip_bad_images`` are dropped from the batch and counted per epoch). The loaders draw worker seeds from their
+    own generators, never from the global RNG, so creating a loader mid-epoch on resume does not shift the
+    training RNG streams."""
+    from tdam.data.loader import CountingDataLoader, collate_drop_bad, seed_worker
+
+    sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, seed=cfg.seed)
+    common = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and dist.device.type == "cuda",
+                  persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
+                  collate_fn=partial(collate_drop_bad, collate=default_collate))
+    train_loader = CountingDataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                      generator=torch.Generator().manual_seed(cfg.seed + dist.rank), seed=cfg.seed,
+                                      **common)
+    val_loader = CountingDataLoader(val_set, batch_size=cfg.batch_size,
+                                    sampler=ShardSampler(val_set, num_replicas=dist.world_size, rank=dist.rank),
+                                    generator=torch.Generator().manual_seed(cfg.seed), seed=cfg.seed, **common)
+    return train_loader, val_loader, sampler
+
+
+def bad_image_count(loader: Any) -> int:
+    """Unreadable images skipped by ``loader`` in its last epoch (``skip_bad_images``); 0 for other loaders."""
+    return len(getattr(loader, "bad_images", []))

@@ -1,0 +1,239 @@
+"""The training step: ``train_one_epoch`` and ``evaluate`` (ConvNeXt's engine.py shape), one engine for every backbone.
+
+The whole optimisation step is in :func:`train_one_epoch` (read it top to bottom): micro-batch forward under
+autocast -> loss / accum_steps -> backward (DDP gradient sync only on the last micro-batch) -> optional gradient
+clipping -> optimizer step through the GradScaler -> EMA update -> per-iteration LR schedule.
+
+Pluggable tasks
+---------------
+What is optimised and measured is a :class:`Task`; the default is :class:`ClassificationTask` (label smoothing,
+timm Mixup/CutMix + SoftTargetCrossEntropy, top-1/top-5). Another objective (e.g. WS-DAN's attention-cropping loss,
+ASL's multi-label loss in ``tdam.transfer``) implements the same two methods and runs through the same engine,
+checkpointing and distributed code::
+
+    class MyTask:
+        primary_metric = "mAP"                      # higher is better; selects best.pth
+        def loss(self, model, images, targets):     # called under autocast, model in train mode
+            outputs = model(images)
+            return my_loss(outputs, targets), outputs
+        def evaluate(self, model, loader, ctx: EvalContext) -> dict[str, float]:
+            ...                                     # model in eval mode, no grad; reduce across ranks
+                                                    # with tdam.train.distributed.all_reduce_sum
+            return {"loss": ..., "mAP": ...}
+
+    tdam.train.train(cfg, task=MyTask(), datasets=(train_set, val_set))
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import dispatch_clip_grad
+
+from tdam.train.distributed import all_reduce_sum
+
+__all__ = [
+    "Task", "ClassificationTask", "EvalContext", "TrainState", "EpochMeter", "NonFiniteLossError",
+    "train_one_epoch", "evaluate",
+]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class EvalContext:
+    """How to run a model for evaluation: device, autocast dtype (None: fp32), memory format, batch cap."""
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    max_batches: int | None = None
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mf = torch.channels_last if self.channels_last and images.ndim == 4 else torch.contiguous_format
+        return (images.to(self.device, non_blocking=True, memory_format=mf),
+                targets.to(self.device, non_blocking=True))
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A training objective: a loss for training batches and an evaluation returning named metrics."""
+    primary_metric: str
+
+    def loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def evaluate(self, model: nn.Module, loader: Iterable, ctx: EvalContext) -> dict[str, float]: ...
+
+
+class ClassificationTask:
+    """Single-label classification: label-smoothed cross-entropy, or timm Mixup/CutMix with soft-target CE."""
+    primary_metric = "top1"
+
+    def __init__(self, num_classes: int, *, smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
+                 mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, mixup_mode: str = "batch") -> None:
+        from timm.data import Mixup
+
+        self.num_classes = num_classes
+        self.mixup_fn = None
+        if mixup > 0 or cutmix > 0:
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob,
+                                  switch_prob=mixup_switch_prob, mode=mixup_mode, label_smoothing=smoothing,
+                                  num_classes=num_classes)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()       # mixed targets carry the smoothing
+        elif smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    def loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        outputs = model(images)
+        return self.criterion(outputs, targets), outputs
+
+    def evaluate(self, model: nn.Module, loader: Iterable, ctx: EvalContext) -> dict[str, float]:
+        return evaluate(model, loader, ctx)
+
+
+@dataclass
+class EpochMeter:
+    """Running sums of one training epoch (kept in mid-epoch checkpoints so resumed metrics are exact)."""
+    loss_sum: float = 0.0
+    samples: int = 0
+    data_time: float = 0.0
+    step_time: float = 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return dict(loss_sum=self.loss_sum, samples=self.samples, data_time=self.data_time,
+                    step_time=self.step_time)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training; ``model`` may be wrapped (DDP, torch.compile)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None                      # timm Scheduler (per-iteration) or None
+    scaler: torch.amp.GradScaler | None = None
+    ema: Any = None                            # timm ModelEmaV3 or None
+    step: int = 0                              # optimizer updates done
+    epoch: int = 0                             # current epoch (0-based)
+    epoch_step: int = 0                        # updates done within the current epoch
+    meter: EpochMeter = field(default_factory=EpochMeter)
+    last_finite_loss: float | None = None
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalContext, *, updates: int,
+                    accum_steps: int = 1, clip_grad: float | None = None, clip_mode: str = "norm",
+                    on_update: Callable[[TrainState], bool] | None = None, progress: Any = None) -> bool:
+    """Train until ``state.epoch_step == updates`` or the loader ends. ``loader`` yields the REMAINING batches of
+    the epoch (the sampler skips what a resumed checkpoint already consumed). ``on_update(state)`` runs after every
+    optimizer update but the epoch's last and returns True to stop early (pre-emption); returns whether the epoch
+    was cut short."""
+    model, optimizer, scaler = state.model, state.optimizer, state.scaler
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    t_mark = time.perf_counter()
+    for i, (images, targets) in enumerate(loader):
+        t_data = time.perf_counter()
+        state.meter.data_time += t_data - t_mark
+        images, targets = ctx.to_device(images, targets)
+        last_micro = (i + 1) % accum_steps == 0
+        with model.no_sync() if ddp and not last_micro else nullcontext():   # sync grads once per update
+            with ctx.autocast():
+                loss, _ = task.loss(model, images, targets)
+            scaler.scale(loss / accum_steps).backward()
+        loss_value = _global_mean(loss.detach(), ddp)                      # every rank sees the same value
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss_value}) at update {state.step + 1} (epoch {state.epoch + 1}, micro-batch "
+                f"{i}), lr={state.lr:.6g}, last finite loss={state.last_finite_loss}; stopping, the last good "
+                f"checkpoint is kept")
+        state.last_finite_loss = loss_value
+        state.meter.loss_sum += loss_value * images.shape[0]
+        state.meter.samples += images.shape[0]
+        if last_micro:
+            if clip_grad is not None:
+                scaler.unscale_(optimizer)
+                dispatch_clip_grad(_unwrap(model).parameters(), clip_grad, mode=clip_mode)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.epoch_step += 1
+            if state.ema is not None:
+                state.ema.update(_unwrap(model), step=state.step)
+            if state.scheduler is not None:
+                state.scheduler.step_update(num_updates=state.step)
+        t_mark = time.perf_counter()
+        state.meter.step_time += t_mark - t_data
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{state.lr:.3g}", refresh=False)
+        if last_micro and state.epoch_step >= updates:
+            break
+        if last_micro and on_update is not None and on_update(state):
+            return True
+    return False
+
+
+def _global_mean(loss: torch.Tensor, ddp: bool) -> float:
+    if not ddp:
+        return float(loss)
+    buf = loss.float().reshape(1).clone()
+    all_reduce_sum(buf)
+    return float(buf) / torch.distributed.get_world_size()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, ctx: EvalContext) -> dict[str, float]:
+    """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole split, summed across ranks."""
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)      # loss, top1, top5, n
+    for b, (images, targets) in enumerate(loader):
+        if ctx.max_batches is not None and b >= ctx.max_batches:
+            break
+        images, targets = ctx.to_device(images, targets)
+        with ctx.autocast():
+            logits = model(images)
+        logits = logits.float()
+        correct = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+        sums += torch.stack([F.cross_entropy(logits, targets, reduction="sum").double(),
+                             correct[:, :1].sum().double(), correct.any(dim=1).sum().double(),
+                             torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=ctx.device)])
+    all_reduce_sum(sums)
+    loss, top1, top5, n = sums.tolist()
+    if n == 0:
+        raise ValueError("evaluation saw no samples: the validation split is empty")
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "samples": int(n)}

@@ -1,0 +1,467 @@
+"""The training run: build everything from a :class:`TrainConfig`, loop over epochs, checkpoint, log, resume.
+
+``train(cfg)`` is what the CLI, notebook 01 and :func:`tdam.train.ensure_checkpoint` call. Per epoch it runs
+:func:`tdam.train.engine.train_one_epoch` and the task's evaluation, appends a row to ``metrics.csv`` /
+``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best) atomically. The run folder also holds
+``config.yaml`` (the resolved config), ``env.json`` (versions, device, precision, derived lr/batch), ``train.log``,
+``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
+finished.
+
+Signals: SIGTERM / SIGINT set a flag; at the next optimizer update every rank stops, rank 0 writes a resumable
+mid-epoch ``last.pth`` and :func:`train` returns with ``interrupted=True`` (a second Ctrl-C raises at once).
+A non-finite loss raises :class:`~tdam.train.engine.NonFiniteLossError` without writing anything, so ``last.pth``
+stays the last good state.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import yaml
+
+import tdam
+from tdam.checkpoint import export_safetensors, read_checkpoint, save_checkpoint
+from tdam.train.config import TrainConfig
+from tdam.train.data import bad_image_count, build_datasets, build_loaders
+from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
+from tdam.train.state import rng_state, seed_everything, set_rng_state, versions
+
+__all__ = ["train", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_val_top1",
+                  "ema_val_top5", "images_per_s", "data_wait", "epoch_time_s", "peak_mem_mb", "bad_images")
+
+
+@dataclass
+class RunResult:
+    """Outcome of :func:`train`: the run folder, per-epoch metrics and the checkpoints."""
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    num_classes: int
+    interrupted: bool = False
+    primary_metric: str = "top1"
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "last.pth"
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        p = self.run_dir / "best.pth"
+        return p if p.exists() else None
+
+    @property
+    def checkpoint(self) -> Path:
+        """``best.pth`` if written, else ``last.pth``."""
+        return self.best_checkpoint or self.last_checkpoint
+
+    @property
+    def metrics(self):
+        """The per-epoch metrics as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history, columns=[c for c in METRIC_COLUMNS if any(c in r for r in self.history)])
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def chance(self) -> float:
+        """Top-1 accuracy (%) of a uniform guess."""
+        return 100.0 / self.num_classes
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: 'auto' -> bf16 on CUDA where supported, else fp16 (with a GradScaler); fp32 (None) on CPU."""
+    if amp == "fp32" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device: valid choices on CPU are 'auto', 'bf16', 'fp32'")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def train(cfg: TrainConfig, *, task: Task | None = None, datasets: tuple[Any, Any] | None = None,
+          stop_at_step: int | None = None) -> RunResult:
+    """Train (or resume) the run described by ``cfg``; see the module docstring.
+
+    ``task``: the objective (default :class:`ClassificationTask` from the config). ``datasets``: a (train, val) pair
+    to use instead of reading ``cfg.dataset`` from ``cfg.data_dir``. ``stop_at_step``: behave as if pre-empted after
+    that many optimizer updates (a resumable checkpoint is written), for pre-emption drills and tests.
+    """
+    cfg.validate()
+    dist_info = init_distributed(cfg.device)
+    started_group = dist_info.enabled
+    try:
+        return _Run(cfg, dist_info, task, datasets, stop_at_step).run()
+    finally:
+        if started_group:
+            cleanup()
+
+
+def _atomic_link(src: Path, dst: Path, ckpt: dict[str, Any]) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link swapped in atomically: no second write). save_checkpoint
+    always replaces ``last.pth`` by a new file, so the link keeps this version. Without hard links: write it again."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        save_checkpoint(ckpt, dst)
+
+
+class _Log:
+    """Rank-0 log: stdout (one line per epoch) and ``train.log`` (everything)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __call__(self, msg: str, *, echo: bool = True) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+        if echo:
+            print(msg, flush=True)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT -> stop at the next update (a second SIGINT raises KeyboardInterrupt immediately)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @contextmanager
+    def installed(self) -> Iterator["_StopFlag"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self.handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo, task: Task | None, datasets: Any,
+                 stop_at_step: int | None) -> None:
+        self.cfg, self.dist, self.task, self.datasets, self.stop_at_step = cfg, dist_info, task, datasets, stop_at_step
+        self.run_dir = cfg.run_dir()
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.stop = _StopFlag()
+        self.resumed_from: Path | None = None
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        cfg, d = self.cfg, self.dist
+        if d.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier()
+        self.log = _Log(self.run_dir / "train.log" if d.is_main else None)
+        train_set, val_set = self.datasets if self.datasets is not None else build_datasets(cfg)
+        self.num_classes = cfg.num_classes or len(train_set.classes)
+
+        seed_everything(cfg.seed)                       # identical initial weights on every rank
+        model = tdam.create_model(cfg.backbone, num_classes=self.num_classes, **cfg.model_kwargs())
+        self.model_config = dict(model.model_config)
+        model.to(d.device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else d.device.type == "cuda"
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and d.enabled:
+            if d.device.type != "cuda":
+                raise ValueError("sync_bn=True needs CUDA (torch's SyncBatchNorm has no CPU kernel): "
+                                 "set sync_bn: false")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model                              # the plain module: state dicts, EMA, evaluation
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
+        self.lr = cfg.resolved_lr(d.world_size)
+        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum)
+        self.amp_dtype = resolve_amp(cfg.amp, d.device)
+        scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp_dtype == torch.float16)
+        self.train_loader, self.val_loader, self.sampler = build_loaders(cfg, train_set, val_set, d)
+        batches = len(self.train_loader) // cfg.accum_steps
+        if batches < 1:
+            raise ValueError(f"the training split has {len(train_set)} images: too few for one update of "
+                             f"{cfg.batch_size} x {cfg.accum_steps} x {d.world_size} (batch x accum x processes)")
+        self.updates_per_epoch = min(batches, cfg.steps_per_epoch or batches)
+        scheduler = None
+        if cfg.sched != "none":
+            scheduler, _ = create_scheduler_v2(
+                optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
+                updates_per_epoch=self.updates_per_epoch)
+        run_model: nn.Module = model
+        if cfg.compile:
+            run_model = torch.compile(run_model)
+        if d.enabled:
+            run_model = nn.parallel.DistributedDataParallel(
+                run_model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters)
+        self.state = TrainState(model=run_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
+        self.task = self.task or ClassificationTask(
+            self.num_classes, smoothing=cfg.smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
+            mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob, mixup_mode=cfg.mixup_mode)
+        self.ctx = EvalContext(device=d.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                               max_batches=cfg.val_batches)
+        seed_everything(cfg.seed + d.rank)              # per-rank augmentation / Mixup / drop-path streams
+        if cfg.resume:
+            self.restore()
+        self.env = {"versions": versions(d.device), "world_size": d.world_size, "device": str(d.device),
+                    "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+                    "channels_last": self.channels_last, "lr": self.lr,
+                    "global_batch": cfg.global_batch(d.world_size), "updates_per_epoch": self.updates_per_epoch,
+                    "num_classes": self.num_classes, "train_images": len(train_set), "val_images": len(val_set),
+                    "peak_mem": "torch.cuda.max_memory_allocated" if d.device.type == "cuda" else "process max RSS",
+                    "model_config": self.model_config}
+        if d.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (self.run_dir / "env.json").write_text(json.dumps(self.env, indent=2, default=str))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict[str, Any]:
+        s = self.state
+        rng = [rng_state()]
+        if self.dist.enabled:                           # every rank's generators, so each resumes its own stream
+            rng = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rng, rng_state())
+        ckpt: dict[str, Any] = {
+            "model": self.model.state_dict(), "model_config": self.model_config, "config": self.cfg.to_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
+            "scaler": s.scaler.state_dict(), "epoch": s.epoch, "epoch_step": s.epoch_step, "step": s.step,
+            "epoch_meter": s.meter.state_dict(), "rng": rng, "world_size": self.dist.world_size,
+            "metrics": {"history": self.history, "best": self.best}, "tdam_version": tdam.__version__,
+        }
+        if s.ema is not None:
+            ckpt["model_ema"] = s.ema.module.state_dict()
+        return ckpt
+
+    def save(self, *, best: bool = False) -> None:
+        ckpt = self.checkpoint()                        # collective under DDP: every rank takes part
+        if self.dist.is_main:
+            last = save_checkpoint(ckpt, self.run_dir / "last.pth")
+            if best:
+                _atomic_link(last, self.run_dir / "best.pth", ckpt)
+        barrier()
+
+    def restore(self) -> None:
+        cfg, s = self.cfg, self.state
+        path = self.run_dir / "last.pth" if cfg.resume in (True, "auto") else Path(str(cfg.resume))
+        if cfg.resume == "auto" and not path.is_file():
+            return                                      # first start of a (re)queued job: train from scratch
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {path} (a run writes <run dir>/last.pth; pass "
+                                    f"resume: <path> to continue from another file)")
+        ck = read_checkpoint(path)
+        missing = [k for k in ("model", "optimizer", "epoch", "step", "rng", "config") if k not in ck]
+        if missing:
+            raise ValueError(f"resume: {path} is not a resumable tdam training checkpoint (missing {missing})")
+        self.model.load_state_dict(ck["model"])
+        if s.ema is not None:
+            if "model_ema" not in ck:
+                raise ValueError(f"resume: model_ema=True but {path} has no EMA weights")
+            s.ema.module.load_state_dict(ck["model_ema"])
+        s.optimizer.load_state_dict(ck["optimizer"])
+        if s.scheduler is not None and ck.get("scheduler") is not None:
+            s.scheduler.load_state_dict(ck["scheduler"])
+        if s.scaler.is_enabled() and ck.get("scaler"):
+            s.scaler.load_state_dict(ck["scaler"])
+        s.epoch, s.step, s.epoch_step = int(ck["epoch"]), int(ck["step"]), int(ck.get("epoch_step", 0))
+        if s.epoch_step and int(ck.get("world_size", 1)) != self.dist.world_size:
+            raise ValueError(f"resume: {path} was saved mid-epoch with {ck.get('world_size')} processes; resume it "
+                             f"with the same number of processes (now {self.dist.world_size})")
+        s.meter = EpochMeter(**ck.get("epoch_meter", {}))
+        self.history = list(ck["metrics"]["history"])
+        self.best = ck["metrics"]["best"]
+        rngs = ck["rng"]
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:
+            seed_everything(cfg.seed + self.dist.rank + 1000 * s.step)
+        if s.scheduler is not None:
+            s.scheduler.step_update(num_updates=s.step)
+        if self.dist.is_main:                           # metrics files = the checkpoint's history (drop later rows)
+            self.write_metrics(rewrite=True)
+        self.resumed_from = path
+
+    # ------------------------------------------------------------------------------------------------ metrics
+    def write_metrics(self, rewrite: bool = False) -> None:
+        rows = self.history if rewrite else self.history[-1:]
+        csv_path, jsonl_path = self.run_dir / "metrics.csv", self.run_dir / "metrics.jsonl"
+        mode = "w" if rewrite or not csv_path.exists() else "a"
+        with open(csv_path, mode, newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
+            if mode == "w":
+                w.writeheader()
+            w.writerows(rows)
+        with open(jsonl_path, mode) as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+    def peak_memory_mb(self) -> float:
+        if self.dist.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.dist.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def stop_requested(self, state: TrainState) -> bool:
+        """A signal arrived (on any rank) or ``stop_at_step`` is reached; every rank gets the same answer."""
+        stop = self.stop.signal is not None or (self.stop_at_step is not None and state.step >= self.stop_at_step)
+        if self.dist.enabled:
+            flag = torch.tensor([float(stop)], device=self.dist.device)
+            stop = bool(all_reduce_sum(flag).item() > 0)
+        return stop
+
+    def on_update(self, state: TrainState) -> bool:
+        if self.stop_requested(state):
+            return True
+        if self.cfg.checkpoint_every_steps and state.step % self.cfg.checkpoint_every_steps == 0:
+            self.save()
+        if state.step % self.cfg.log_interval == 0:
+            self.log(f"  epoch {state.epoch + 1} update {state.epoch_step}/{self.updates_per_epoch} "
+                     f"loss {state.last_finite_loss:.4f} lr {state.lr:.4g}", echo=False)
+        return False
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        with self.stop.installed():
+            self.setup()
+            s = self.state
+            self.log(f"run {self.run_dir} | {cfg.model_tag()} | {self.num_classes} classes | device "
+                     f"{self.env['device']} x{self.dist.world_size} | {self.env['amp']} | lr {self.lr:.4g} | "
+                     f"global batch {self.env['global_batch']} | {self.updates_per_epoch} updates/epoch"
+                     + (f" | resumed at epoch {s.epoch + 1} update {s.epoch_step}" if self.resumed_from else ""))
+            t_run = time.perf_counter()
+            epochs_done_here = 0
+            while s.epoch < cfg.epochs:
+                self.sampler.set_position(s.epoch, s.epoch_step * cfg.accum_steps * cfg.batch_size)
+                self.train_loader.generator.manual_seed(cfg.seed + self.dist.rank + 7919 * s.epoch)  # worker seeds
+                progress = self.progress_bar(s)
+                try:
+                    cut = train_one_epoch(s, self.task, self.train_loader, self.ctx, updates=self.updates_per_epoch,
+                                          accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad,
+                                          clip_mode=cfg.clip_mode, on_update=self.on_update, progress=progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
+                if cut:
+                    self.save()
+                    self.log(f"stopped at epoch {s.epoch + 1} update {s.epoch_step} (step {s.step}"
+                             f"{', signal ' + signal.Signals(self.stop.signal).name if self.stop.signal else ''}); "
+                             f"resumable checkpoint: {self.run_dir / 'last.pth'}")
+                    return self.result(interrupted=True)
+                row = self.finish_epoch()
+                epochs_done_here += 1
+                eta = (time.perf_counter() - t_run) / epochs_done_here * (cfg.epochs - s.epoch)
+                self.log(f"epoch {row['epoch']}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
+                         + (f"val_top1 {row['val_top1']:.2f} val_top5 {row['val_top5']:.2f} "
+                            if row.get("val_top1") is not None else "")
+                         + f"lr {row['lr']:.4g} {row['images_per_s']:.1f} img/s data {100 * row['data_wait']:.0f}% "
+                         f"ETA {eta:.0f}s"
+                         + (f" | skipped {row['bad_images']} unreadable image(s), e.g. "
+                            f"{self.train_loader.bad_images[0]}" if row["bad_images"] else ""))
+                if s.epoch < cfg.epochs and self.stop_requested(s):
+                    self.log(f"stopped after epoch {s.epoch} (step {s.step}"
+                             f"{', signal ' + signal.Signals(self.stop.signal).name if self.stop.signal else ''}); "
+                             f"resumable checkpoint: {self.run_dir / 'last.pth'}")
+                    return self.result(interrupted=True)
+            if self.dist.is_main:
+                if (best := self.run_dir / "best.pth").is_file():      # weights-only file for sharing
+                    export_safetensors(read_checkpoint(best), self.run_dir / "best.safetensors",
+                                       metadata={"run": self.run_dir.name, "best": self.best})
+                summary = {"run_dir": str(self.run_dir), "final": self.history[-1] if self.history else None,
+                           "best": self.best, "num_classes": self.num_classes, "chance_top1": 100 / self.num_classes,
+                           "config": cfg.to_dict(), "env": self.env}
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+                self.plot()
+            return self.result(interrupted=False)
+
+    def finish_epoch(self) -> dict[str, Any]:
+        cfg, s, d = self.cfg, self.state, self.dist
+        m = s.meter
+        totals = torch.tensor([m.loss_sum, m.samples], dtype=torch.float64, device=d.device)
+        all_reduce_sum(totals)
+        busy = m.data_time + m.step_time
+        row: dict[str, Any] = {
+            "epoch": s.epoch + 1, "step": s.step, "lr": s.lr, "train_loss": float(totals[0] / totals[1]),
+            "images_per_s": float(totals[1]) / busy if busy > 0 else float("nan"),
+            "data_wait": m.data_time / busy if busy > 0 else float("nan"), "epoch_time_s": busy,
+            "peak_mem_mb": self.peak_memory_mb(), "bad_images": bad_image_count(self.train_loader),
+        }
+        if (s.epoch + 1) % cfg.eval_every == 0 or s.epoch + 1 == cfg.epochs:
+            val = self.task.evaluate(self.model, self.val_loader, self.ctx)
+            row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
+            if s.ema is not None:
+                ema_val = self.task.evaluate(s.ema.module, self.val_loader, self.ctx)
+                row.update({f"ema_val_{k}": v for k, v in ema_val.items() if k != "samples"})
+        self.history.append(row)
+        key = f"val_{self.task.primary_metric}"
+        is_best = row.get(key) is not None and (self.best is None or row[key] > self.best[key])
+        if is_best:
+            self.best = {"epoch": row["epoch"], key: row[key]}
+        s.epoch += 1
+        s.epoch_step = 0
+        s.meter = EpochMeter()
+        self.save(best=is_best)
+        if d.is_main:
+            self.write_metrics()
+        return row
+
+    def plot(self) -> None:
+        """Loss / accuracy curves next to the metrics (``curves.png`` / ``.pdf``); the notebook also shows them."""
+        import matplotlib.pyplot as plt
+
+        from tdam.train.plots import plot_curves
+
+        fig = plot_curves(self.history, title=f"{self.cfg.model_tag()} ({self.run_dir.name})",
+                          chance=100 / self.num_classes, save_as="curves", folder=self.run_dir)
+        plt.close(fig)
+
+    def progress_bar(self, s: TrainState):
+        show = self.cfg.progress if self.cfg.progress is not None else (
+            sys.stderr.isatty() and not os.environ.get("CI"))
+        if not (show and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        total = self.updates_per_epoch * self.cfg.accum_steps
+        return tqdm(total=total, initial=s.epoch_step * self.cfg.accum_steps, leave=False, dynamic_ncols=True,
+                    desc=f"epoch {s.epoch + 1}/{self.cfg.epochs}")
+
+    def result(self, *, interrupted: bool) -> RunResult:
+        return RunResult(run_dir=self.run_dir, history=list(self.history), best=self.best,
+                         num_classes=self.num_classes, interrupted=interrupted,
+                         primary_metric=self.task.primary_metric, env=self.env)
