@@ -35,7 +35,7 @@ TD_M_CHOICES = {
     "resnet18": (0, 1, 2), "resnet34": (0, 1, 2), "resnet50": (0, 1, 2, 3), "resnet101": (0, 1, 2, 3),
     "convnext_tiny": (1, 2), "mobilenetv3_large_100": (1,),
 }
-DATASETS = ("imagenet", "cub200", "stanford_dogs")
+DATASETS = ("imagenet", "cub200", "stanford_dogs", "coco2014")
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 CLIP_MODES = ("norm", "value", "agc")

@@ -19,7 +19,8 @@ from tdam.train.state import ResumableSampler, ShardSampler
 
 __all__ = ["data_root", "build_datasets", "build_loaders", "bad_image_count"]
 
-_EMBEDDED_FOLDER = {"imagenet": "imagenet", "cub200": "cub200/CUB_200_2011", "stanford_dogs": "stanford_dogs"}
+_EMBEDDED_FOLDER = {"imagenet": "imagenet", "cub200": "cub200/CUB_200_2011", "stanford_dogs": "stanford_dogs",
+                    "coco2014": "coco2014"}
 
 
 def data_root(cfg: TrainConfig) -> Path:

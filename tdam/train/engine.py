@@ -22,6 +22,10 @@ checkpointing and distributed code::
             return {"loss": ..., "mAP": ...}
 
     tdam.train.train(cfg, task=MyTask(), datasets=(train_set, val_set))
+
+A task may also define, and the trainer then uses instead of its defaults: ``build_model(num_classes)`` (e.g. WS-DAN
+around an ImageNet-trained backbone), ``build_optimizer(model, cfg, lr)`` and ``build_scheduler(optimizer, cfg,
+updates_per_epoch)`` (a per-update scheduler with ``step_update``/``state_dict``).
 """
 from __future__ import annotations
 

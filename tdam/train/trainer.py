@@ -189,7 +189,9 @@ class _Run:
         self.num_classes = cfg.num_classes or len(train_set.classes)
 
         seed_everything(cfg.seed)                       # identical initial weights on every rank
-        model = tdam.create_model(cfg.backbone, num_classes=self.num_classes, **cfg.model_kwargs())
+        build_model = getattr(self.task, "build_model", None)     # task hook: e.g. WS-DAN on a trained backbone
+        model = (build_model(self.num_classes) if build_model is not None
+                 else tdam.create_model(cfg.backbone, num_classes=self.num_classes, **cfg.model_kwargs()))
         self.model_config = dict(model.model_config)
         model.to(d.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else d.device.type == "cuda"
@@ -207,8 +209,10 @@ class _Run:
 
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
         self.lr = cfg.resolved_lr(d.world_size)
-        optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay,
-                                        momentum=cfg.momentum)
+        build_optimizer = getattr(self.task, "build_optimizer", None)
+        optimizer = (build_optimizer(model, cfg, self.lr) if build_optimizer is not None
+                     else create_optimizer_v2(model, opt=cfg.opt, lr=self.lr, weight_decay=cfg.weight_decay,
+                                              momentum=cfg.momentum))
         self.amp_dtype = resolve_amp(cfg.amp, d.device)
         scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_loader, self.val_loader, self.sampler = build_loaders(cfg, train_set, val_set, d)
@@ -218,7 +222,10 @@ class _Run:
                              f"{cfg.batch_size} x {cfg.accum_steps} x {d.world_size} (batch x accum x processes)")
         self.updates_per_epoch = min(batches, cfg.steps_per_epoch or batches)
         scheduler = None
-        if cfg.sched != "none":
+        build_scheduler = getattr(self.task, "build_scheduler", None)
+        if build_scheduler is not None:                 # task hook: a per-update scheduler (step_update/state_dict)
+            scheduler = build_scheduler(optimizer, cfg, self.updates_per_epoch)
+        elif cfg.sched != "none":
             scheduler, _ = create_scheduler_v2(
                 optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                 warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,

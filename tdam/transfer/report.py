@@ -1,0 +1,264 @@
+"""Transfer results: cached runs, the results table, the setup beside the paper's, and the crop/drop figure."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer
+
+__all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_table", "PAPER_SETUP",
+           "crop_drop_examples", "crop_drop_figure", "transfer_key", "dataset_summary", "chance_level",
+           "save_results", "crop_drop_figures"]
+
+# The paper's settings (supplement §1.3, restated in spec 06): what each run is compared against.
+PAPER_SETUP = {
+    "wsdan": {"img_size": 448, "batch_size": 12, "epochs": 160, "opt": "momentum", "lr": 1e-3,
+              "schedule": "x0.9 every 2 epochs", "weight_decay": 1e-5, "num_attentions": 32, "beta": 0.05,
+              "ema": False},
+    "asl": {"img_size": 448, "batch_size": 64, "epochs": 41, "opt": "adam", "lr": 1e-4,
+            "schedule": "OneCycle(80 ep, pct 0.2)", "weight_decay": 1e-4, "num_attentions": None, "beta": None,
+            "ema": True},
+}
+_METRICS = {"wsdan": ("top1_raw", "top1_refined"), "asl": ("mAP", "CF1", "OF1")}
+
+
+def transfer_key(tcfg: TransferConfig) -> dict[str, Any]:
+    """Everything that changes what a transfer run learns (the trainer's semantic config + the transfer keys; the
+    backbone checkpoint by content digest)."""
+    from tdam.train.config import semantic_config
+
+    d = {k: v for k, v in tcfg.to_dict().items() if k not in ("train", "data_dir", "backbone_checkpoint")}
+    d.update({f"train.{k}": v for k, v in semantic_config(tcfg.train).items() if k != "data_size"})
+    if tcfg.backbone_checkpoint:
+        from tdam.evaluation.tables import file_digest
+
+        d["backbone_sha256"] = file_digest(tcfg.backbone_checkpoint)
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+@dataclass
+class TransferResult:
+    """A finished transfer run: its config, folder, per-epoch history (every task metric) and best epoch."""
+    config: TransferConfig
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None
+
+    @property
+    def checkpoint(self) -> Path:
+        best = self.run_dir / "best.pth"
+        return best if best.is_file() else self.run_dir / "last.pth"
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1]
+
+    def model(self, use_ema: bool = False) -> torch.nn.Module:
+        """The trained transfer model (WS-DAN with its feature centers, or the ASL backbone), in eval mode."""
+        from tdam.checkpoint import load_model
+        from tdam.transfer.models import load_wsdan
+
+        loader = load_wsdan if self.config.task == "wsdan" else load_model
+        return loader(self.checkpoint, use_ema=use_ema).eval()
+
+
+def ensure_transfer_run(tcfg: TransferConfig) -> TransferResult:
+    """The finished run of ``tcfg``: reused when its folder holds a finished run of the same config, resumed when
+    interrupted, else trained. A folder holding a DIFFERENT config raises ValueError (never silently reused)."""
+    from tdam.checkpoint import read_checkpoint
+
+    run_dir = tcfg.train.run_dir()
+    key, key_path, last = transfer_key(tcfg), run_dir / "transfer.json", run_dir / "last.pth"
+    if key_path.is_file():
+        have = json.loads(key_path.read_text())
+        if have != key:
+            diff = sorted(k for k in set(have) | set(key) if have.get(k) != key.get(k))
+            raise ValueError(f"{run_dir} holds a transfer run of a different config (differs in {diff}); remove it "
+                             f"or choose another name")
+    if last.is_file() and key_path.is_file():
+        ck = read_checkpoint(last)
+        if int(ck.get("epoch", 0)) >= tcfg.train.epochs:
+            return TransferResult(tcfg, run_dir, list(ck["metrics"]["history"]), ck["metrics"]["best"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(json.dumps(key, indent=1))
+    cfg = tcfg.train.replace(resume=last.is_file())
+    tcfg = TransferConfig(**{**{k: getattr(tcfg, k) for k in tcfg.__dataclass_fields__}, "train": cfg})
+    result = run_transfer(tcfg)
+    if result.interrupted:
+        raise KeyboardInterrupt(f"transfer run {run_dir} was interrupted; call again to resume it")
+    return TransferResult(tcfg, run_dir, list(result.history), result.best)
+
+
+def _backbone_label(tcfg: TransferConfig) -> str:
+    return tcfg.train.model_tag() + (" (random init)" if tcfg.random_backbone else "")
+
+
+def chance_level(tcfg: TransferConfig) -> float:
+    """Chance of the task's main metric on the validation split: 100 / K top-1 for WS-DAN; for ASL the mAP of a
+    random ranking, which in expectation is about 100 x the mean class prevalence."""
+    _, val_set = build_transfer_datasets(tcfg)
+    if tcfg.task == "wsdan":
+        return 100.0 / len(val_set.classes)
+    targets = torch.stack([torch.as_tensor(t) for t in val_set.targets]).float()
+    return 100.0 * float(targets.mean(0).mean())
+
+
+def dataset_summary(configs: Sequence[TransferConfig]) -> pd.DataFrame:
+    """Images and classes of every dataset the runs use (read through the real readers)."""
+    rows, seen = [], set()
+    for c in configs:
+        if (c.dataset, c.data_dir, c.data_size) in seen:
+            continue
+        seen.add((c.dataset, c.data_dir, c.data_size))
+        train_set, val_set = build_transfer_datasets(c)
+        rows.append({"dataset": c.dataset, "classes": len(train_set.classes), "train_images": len(train_set),
+                     "val_images": len(val_set)})
+    return pd.DataFrame(rows)
+
+
+def results_table(results: Sequence[TransferResult], task: str | None = None) -> pd.DataFrame:
+    """One row per run (of ``task`` 'wsdan' / 'asl' only, if given): framework, dataset, backbone, final and best
+    values of the task's metrics (WS-DAN raw and refined top-1; ASL mAP / CF1 / OF1, regular and EMA; ASL's reported
+    max(mAP, EMA mAP)) and the chance level. Columns no row has are dropped."""
+    if task is not None and task not in _METRICS:
+        raise ValueError(f"task={task!r} is not valid: valid choices are {list(_METRICS)} or None")
+    rows = []
+    for r in results:
+        if task is not None and r.config.task != task:
+            continue
+        t, h = r.config.task, r.history
+        row: dict[str, Any] = {"framework": "WS-DAN" if t == "wsdan" else "ASL", "dataset": r.config.dataset,
+                               "backbone": _backbone_label(r.config), "epochs": len(h)}
+        for m in _METRICS[t]:
+            vals = [e.get(f"val_{m}") for e in h if e.get(f"val_{m}") is not None]
+            row[f"{m}"] = vals[-1] if vals else None
+            row[f"best_{m}"] = max(vals) if vals else None
+            ema = [e.get(f"ema_val_{m}") for e in h if e.get(f"ema_val_{m}") is not None]
+            if ema:
+                row[f"ema_{m}"] = ema[-1]
+        if t == "asl":
+            row["reported_mAP"] = max(v for v in (row.get("best_mAP"), *[e.get("ema_val_mAP") for e in h])
+                                      if v is not None)  # ASL reports max(mAP regular, mAP EMA)
+        row["chance"] = chance_level(r.config)
+        row["run_dir"] = str(r.run_dir)
+        rows.append(row)
+    return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
+def save_results(results: Sequence[TransferResult], table: pd.DataFrame, setup: pd.DataFrame,
+                 folder: str | Path | None = None) -> Path:
+    """Write results.csv, setup.csv and provenance.json (backbone checkpoints, data, device, versions) to
+    ``runs/07_transfer/`` (or ``folder``); returns the folder."""
+    from tdam.evaluation.tables import provenance
+    from tdam.paths import runs_dir
+    from tdam.transfer.run import RUNS_SUBDIR, transfer_data_root
+
+    out = Path(folder) if folder is not None else runs_dir() / RUNS_SUBDIR
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "results.csv", index=False)
+    setup.to_csv(out / "setup.csv")
+    prov = [provenance(checkpoint=r.config.backbone_checkpoint, data=transfer_data_root(r.config),
+                       device=r.config.train.device if r.config.train.device != "auto" else None,
+                       run_dir=str(r.run_dir), transfer_checkpoint=str(r.checkpoint)) for r in results]
+    (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
+    return out
+
+
+def setup_table(configs: Sequence[TransferConfig]) -> pd.DataFrame:
+    """Our settings beside the paper's, one column pair per framework present in ``configs``."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in configs:
+        t = c.task
+        if f"{t}: paper" in out:
+            continue
+        ours = {"img_size": c.train.img_size, "batch_size": c.train.batch_size, "epochs": c.train.epochs,
+                "opt": c.train.opt if t == "asl" else "momentum", "lr": c.train.resolved_lr(),
+                "schedule": (f"x{c.lr_decay_rate} every {c.lr_decay_epochs} epochs" if t == "wsdan"
+                             else f"OneCycle({c.onecycle_epochs} ep, pct {c.pct_start})"),
+                "weight_decay": c.train.weight_decay, "num_attentions": c.num_attentions if t == "wsdan" else None,
+                "beta": c.beta if t == "wsdan" else None, "ema": c.train.model_ema}
+        if c.train.steps_per_epoch:
+            ours["epochs"] = f"{c.train.epochs} x {c.train.steps_per_epoch} updates"
+        out[f"{t}: paper"] = PAPER_SETUP[t]
+        out[f"{t}: this run"] = ours
+    return pd.DataFrame(out)
+
+
+@torch.no_grad()
+def crop_drop_examples(model: torch.nn.Module, images: torch.Tensor, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Training-time augmentation of ``images`` (normalised) by a trained WS-DAN ``model``: the sampled maps, the
+    attention crops (theta ~ U(0.4, 0.6), padding 0.1) with their boxes and the attention drops (U(0.2, 0.5))."""
+    from tdam.transfer.wsdan import attention_crop, attention_drop, sample_attention_maps
+
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = model(images)
+    maps = sample_attention_maps(out.attention_maps, 2, generator=g)
+    crops, boxes = attention_crop(images, maps[:, :1], (0.4, 0.6), 0.1, generator=g)
+    drops = attention_drop(images, maps[:, 1:], (0.2, 0.5), generator=g)
+    return {"images": images, "crop_maps": maps[:, 0], "drop_maps": maps[:, 1], "crops": crops, "boxes": boxes,
+            "drops": drops, "mean_map": out.attention_maps.mean(1)}
+
+
+def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name: str | None = None):
+    """Figure: validation images, the sampled attention map, the crop box and resized crop, the dropped image.
+    Saved as PNG + PDF under figures/ (``name`` default: 07_transfer_crop_drop_<dataset>)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    from tdam.paths import figures_dir
+    from tdam.transfer.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if result.config.task != "wsdan":
+        raise ValueError("crop/drop examples need a WS-DAN run")
+    _, val_set = build_transfer_datasets(result.config)
+    idx = torch.linspace(0, len(val_set) - 1, n).long().tolist()
+    images = torch.stack([val_set[i][0] for i in idx])
+    ex = crop_drop_examples(result.model(), images, seed=seed)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def show(x):
+        return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    size = images.shape[-2:]
+    cols = ["image", "crop attention map + box", "attention crop", "drop attention map", "attention drop"]
+    fig, axes = plt.subplots(n, 5, figsize=(10, 2.1 * n), squeeze=False)
+    for r in range(n):
+        up_c = F.interpolate(ex["crop_maps"][r][None, None], size=size, mode="bilinear", align_corners=True)[0, 0]
+        up_d = F.interpolate(ex["drop_maps"][r][None, None], size=size, mode="bilinear", align_corners=True)[0, 0]
+        h0, h1, w0, w1 = ex["boxes"][r].tolist()
+        panels = [(show(images[r]), None), (show(images[r]), up_c), (show(ex["crops"][r]), None),
+                  (show(images[r]), up_d), (show(ex["drops"][r]), None)]
+        for c, (img, heat) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img)
+            if heat is not None:
+                ax.imshow(heat.numpy(), cmap="jet", alpha=0.45)
+            if c == 1:
+                ax.add_patch(matplotlib.patches.Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0, h1 - h0, fill=False,
+                                                          edgecolor="white", lw=1.5))
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=8)
+    fig.suptitle(f"WS-DAN attention cropping / dropping, {result.config.dataset}, {_backbone_label(result.config)}",
+                 fontsize=9)
+    fig.tight_layout()
+    stem = name or f"07_transfer_crop_drop_{result.config.dataset}"
+    for ext in ("png", "pdf"):
+        fig.savefig(figures_dir() / f"{stem}.{ext}", dpi=150)
+    return fig
+
+
+def crop_drop_figures(results: Sequence[TransferResult], n: int = 4, *, seed: int = 0) -> list:
+    """:func:`crop_drop_figure` for the first WS-DAN run of every dataset (the first backbone of the list)."""
+    firsts: dict[str, TransferResult] = {}
+    for r in results:
+        if r.config.task == "wsdan":
+            firsts.setdefault(r.config.dataset, r)
+    return [crop_drop_figure(r, n, seed=seed) for r in firsts.values()]

@@ -1,0 +1,205 @@
+"""Transfer runs (supplement §1.3): a params file -> datasets, task and model -> the shared trainer.
+
+A transfer params YAML holds the trainer's keys (:class:`tdam.train.TrainConfig`: batch, epochs, lr, AMP, EMA, ...)
+plus the transfer keys of :class:`TransferConfig` (which framework, which dataset, the ImageNet backbone checkpoint,
+the WS-DAN / ASL hyper-parameters). :func:`run_transfer` trains through ``tdam.train.train`` (same checkpointing,
+resume, AMP and DDP as the ImageNet runs) into ``runs/07_transfer/<name>``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from tdam.paths import params_dir, repo_root, runs_dir
+
+__all__ = ["TransferConfig", "load_transfer_config", "transfer_data_root", "build_transfer_datasets",
+           "build_task", "run_transfer", "RUNS_SUBDIR", "TASK_DATASETS"]
+
+RUNS_SUBDIR = "07_transfer"
+TASK_DATASETS = {"wsdan": ("cub200", "stanford_dogs"), "asl": ("coco2014",)}
+_EMBEDDED = {"cub200": "cub200/CUB_200_2011", "stanford_dogs": "stanford_dogs", "coco2014": "coco2014"}
+
+
+@dataclass
+class TransferConfig:
+    """The transfer-specific settings; ``train`` is the trainer's config (validated by it)."""
+
+    task: str = "wsdan"                          # wsdan | asl
+    dataset: str = "cub200"                      # wsdan: cub200 | stanford_dogs; asl: coco2014
+    data_dir: str | None = None                  # dataset root in its real layout; None: the embedded tdam-shapes
+    data_size: str = "default"                   # embedded dataset size: default | tiny
+    backbone_checkpoint: str | None = None       # our ImageNet checkpoint (relative paths: from the repository root)
+    backbone_use_ema: bool = False
+    random_backbone: bool = False                # no checkpoint: randomly initialised backbone (tests only)
+    # WS-DAN (spec 06 §1)
+    num_attentions: int = 32
+    beta: float = 5e-2
+    crop_theta: list[float] = field(default_factory=lambda: [0.4, 0.6])
+    crop_padding: float = 0.1
+    drop_theta: list[float] = field(default_factory=lambda: [0.2, 0.5])
+    test_theta: float = 0.1
+    test_padding: float = 0.05
+    combine: str = "logits"                      # logits (PyTorch re-implementation) | probs (official TF)
+    lr_decay_epochs: float = 2
+    lr_decay_rate: float = 0.9
+    # ASL (spec 06 §2)
+    gamma_neg: float = 4
+    gamma_pos: float = 0
+    clip: float = 0.05
+    disable_torch_grad_focal_loss: bool = True
+    threshold: float = 0.8
+    onecycle_epochs: int = 80
+    pct_start: float = 0.2
+    train: Any = None                            # tdam.train.TrainConfig
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "TransferConfig":
+        if self.task not in TASK_DATASETS:
+            raise ValueError(f"task={self.task!r} is not valid: valid choices are {list(TASK_DATASETS)}")
+        if self.dataset not in TASK_DATASETS[self.task]:
+            raise ValueError(f"dataset={self.dataset!r} is not valid for task {self.task!r}: valid choices are "
+                             f"{list(TASK_DATASETS[self.task])}")
+        if self.data_size not in ("default", "tiny"):
+            raise ValueError(f"data_size={self.data_size!r} is not valid: valid choices are ['default', 'tiny']")
+        if self.combine not in ("logits", "probs"):
+            raise ValueError(f"combine={self.combine!r} is not valid: valid choices are ['logits', 'probs']")
+        if not isinstance(self.num_attentions, int) or self.num_attentions < 1:
+            raise ValueError(f"num_attentions={self.num_attentions!r}: expected an integer >= 1")
+        for name in ("crop_theta", "drop_theta"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or len(v) != 2 or not 0 <= float(v[0]) <= float(v[1]) <= 1:
+                raise ValueError(f"{name}={v!r}: expected [lo, hi] with 0 <= lo <= hi <= 1")
+        for name, lo, hi in (("beta", 0.0, 1.0), ("crop_padding", 0.0, 1.0), ("test_padding", 0.0, 1.0),
+                             ("test_theta", 0.0, 1.0), ("lr_decay_rate", 0.0, 1.0), ("clip", 0.0, 1.0),
+                             ("threshold", 0.0, 1.0), ("pct_start", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise ValueError(f"{name}={v!r} is out of range: expected a number in [{lo}, {hi}]")
+        if self.lr_decay_epochs <= 0 or self.onecycle_epochs < 1:
+            raise ValueError("lr_decay_epochs must be > 0 and onecycle_epochs >= 1")
+        if self.backbone_checkpoint is None and not self.random_backbone:
+            raise ValueError("backbone_checkpoint is required (our ImageNet checkpoint, e.g. "
+                             "runs/01_train_imagenet/<run>/best.pth); set random_backbone: true for a random init")
+        if self.backbone_checkpoint is not None:
+            if self.random_backbone:
+                raise ValueError("backbone_checkpoint and random_backbone: true exclude each other")
+            path = Path(self.backbone_checkpoint).expanduser()
+            path = path if path.is_absolute() else repo_root() / path
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone_checkpoint {path} does not exist (expected one of our ImageNet "
+                                        f"checkpoints, e.g. runs/01_train_imagenet/<run>/best.pth)")
+            self.backbone_checkpoint = str(path)
+        if self.train is not None and self.task == "asl" and self.train.epochs > self.onecycle_epochs:
+            raise ValueError(f"epochs={self.train.epochs} runs past the OneCycle schedule ({self.onecycle_epochs})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
+        return {**(self.train.to_dict() if self.train is not None else {}), **d}
+
+
+_TRANSFER_KEYS = {f.name for f in fields(TransferConfig)} - {"train"}
+
+
+def _resolve(config: str | Path) -> Path:
+    p = Path(config)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    candidate = params_dir() / "transfer" / (p.name if p.suffix else f"{p.name}.yaml")
+    if candidate.is_file():
+        return candidate
+    available = sorted(q.stem for q in (params_dir() / "transfer").glob("*.yaml"))
+    raise FileNotFoundError(f"transfer params {config!r} not found (looked for {p} and {candidate}); available: "
+                            f"{available}")
+
+
+def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> TransferConfig:
+    """A params file (path or name under params/transfer/, ``base:`` inheritance), a dict, or None (defaults), then
+    ``overrides`` (None values ignored). Transfer keys go to :class:`TransferConfig`, the rest to the trainer's
+    config. The backbone's architecture keys are taken from ``backbone_checkpoint`` when one is given."""
+    from tdam.train.config import TrainConfig, load_yaml_with_base, merge_config
+
+    if config is None:
+        data: dict[str, Any] = {}
+    elif isinstance(config, Mapping):
+        data = dict(config)
+    else:
+        data = load_yaml_with_base(_resolve(config))
+    data = merge_config(data, {k: v for k, v in overrides.items() if v is not None})
+    transfer = {k: data.pop(k) for k in list(data) if k in _TRANSFER_KEYS}
+    tcfg = TransferConfig(**transfer)
+    data.setdefault("dataset", tcfg.dataset)
+    data["data_size"] = tcfg.data_size
+    if tcfg.backbone_checkpoint is not None:
+        data.update(_arch_keys(tcfg.backbone_checkpoint))
+    if not data.get("output_dir"):
+        name = data.get("name") or f"{tcfg.task}_{tcfg.dataset}"
+        data["output_dir"] = str(runs_dir() / RUNS_SUBDIR / name)
+    tcfg.train = TrainConfig.from_dict(data)
+    return tcfg.validate()
+
+
+def _arch_keys(checkpoint: str) -> dict[str, Any]:
+    """backbone / attention / t / m / td_mode of the checkpoint's model (so run names and logs name the backbone)."""
+    from tdam.checkpoint import read_checkpoint
+
+    mc = read_checkpoint(Path(checkpoint).expanduser()).get("model_config") or {}
+    if "arch" not in mc:
+        raise ValueError(f"backbone_checkpoint {checkpoint} has no model_config['arch']: not one of our checkpoints")
+    keys: dict[str, Any] = {"backbone": mc["arch"], "attention": mc.get("attention")}
+    for k in ("t", "m", "td_mode"):
+        if mc.get(k) is not None:
+            keys[k] = mc[k]
+    return keys
+
+
+def transfer_data_root(tcfg: TransferConfig) -> Path:
+    """``data_dir``, or the embedded dataset's folder (generated on first use)."""
+    if tcfg.data_dir is not None:
+        return Path(tcfg.data_dir).expanduser()
+    from tdam.data import make_shapes_dataset
+
+    return make_shapes_dataset(size=tcfg.data_size) / _EMBEDDED[tcfg.dataset]
+
+
+def build_transfer_datasets(tcfg: TransferConfig) -> tuple[Any, Any]:
+    """(train, val) through the real readers, with WS-DAN's or ASL's transforms at ``img_size``."""
+    from tdam.data import build_dataset
+    from tdam.transfer.transforms import asl_transform, wsdan_transform
+
+    make = wsdan_transform if tcfg.task == "wsdan" else asl_transform
+    root, size = transfer_data_root(tcfg), tcfg.train.img_size
+    return (build_dataset(tcfg.dataset, root, "train", transform=make("train", size)),
+            build_dataset(tcfg.dataset, root, "val", transform=make("val", size)))
+
+
+def build_task(tcfg: TransferConfig):
+    """The trainer task (with its model / optimizer / scheduler hooks) for ``tcfg``."""
+    from tdam.transfer.models import load_backbone
+    from tdam.transfer.tasks import ASLTask, WSDANTask
+
+    cfg = tcfg.train
+    arch = {"arch": cfg.backbone, **cfg.model_kwargs()}
+
+    def backbone_fn():
+        return load_backbone(tcfg.backbone_checkpoint, use_ema=tcfg.backbone_use_ema, model_config=arch)
+
+    if tcfg.task == "wsdan":
+        return WSDANTask(backbone_fn, num_attentions=tcfg.num_attentions, beta=tcfg.beta,
+                         crop_theta=tuple(tcfg.crop_theta), crop_padding=tcfg.crop_padding,
+                         drop_theta=tuple(tcfg.drop_theta), test_theta=tcfg.test_theta,
+                         test_padding=tcfg.test_padding, combine=tcfg.combine, lr_decay_epochs=tcfg.lr_decay_epochs,
+                         lr_decay_rate=tcfg.lr_decay_rate)
+    return ASLTask(backbone_fn, gamma_neg=tcfg.gamma_neg, gamma_pos=tcfg.gamma_pos, clip=tcfg.clip,
+                   disable_torch_grad_focal_loss=tcfg.disable_torch_grad_focal_loss, threshold=tcfg.threshold,
+                   onecycle_epochs=tcfg.onecycle_epochs, pct_start=tcfg.pct_start)
+
+
+def run_transfer(tcfg: TransferConfig, **train_kwargs: Any):
+    """Train ``tcfg`` with the shared trainer; returns its ``RunResult`` (history rows hold every task metric)."""
+    from tdam.train import train
+
+    return train(tcfg.train, task=build_task(tcfg), datasets=build_transfer_datasets(tcfg), **train_kwargs)
