@@ -55,6 +55,16 @@ def _hidden_width(channels: int, reduction: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 # SE (moskomule/senet.pytorch `SELayer`)
 # ---------------------------------------------------------------------------------------------------------------------
+def _excitation(channels: int, hidden: int, **dd) -> nn.Sequential:
+    """The bias-free excitation MLP shared by SE (moskomule) and FcaNet: Linear, ReLU, Linear, Sigmoid."""
+    return nn.Sequential(
+        nn.Linear(channels, hidden, bias=False, **dd),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, channels, bias=False, **dd),
+        nn.Sigmoid(),
+    )
+
+
 class SE(nn.Module):
     """Squeeze-and-Excitation, moskomule's ``SELayer``: GAP -> Linear(C, C//r) -> ReLU -> Linear(C//r, C) -> sigmoid.
 
@@ -71,12 +81,7 @@ class SE(nn.Module):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         hidden = _hidden_width(channels, reduction)
-        self.fc = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False, **dd),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, channels, bias=False, **dd),
-            nn.Sigmoid(),
-        )
+        self.fc = _excitation(channels, hidden, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
@@ -303,12 +308,7 @@ class FCA(nn.Module):
         u_scaled = [f * (dct_h // 7) for f in u]
         v_scaled = [f * (dct_w // 7) for f in v]
         self.dct_layer = MultiSpectralDCTLayer(dct_h, dct_w, u_scaled, v_scaled, channels, **dd)
-        self.fc = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False, **dd),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, channels, bias=False, **dd),
-            nn.Sigmoid(),
-        )
+        self.fc = _excitation(channels, hidden, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape

@@ -71,6 +71,13 @@ class EvalContext:
         return (images.to(self.device, non_blocking=True, memory_format=mf),
                 targets.to(self.device, non_blocking=True))
 
+    def batches(self, loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The evaluation batches, on the device, at most ``max_batches`` of them."""
+        for b, (images, targets) in enumerate(loader):
+            if self.max_batches is not None and b >= self.max_batches:
+                return
+            yield self.to_device(images, targets)
+
 
 @runtime_checkable
 class Task(Protocol):
@@ -225,10 +232,7 @@ def evaluate(model: nn.Module, loader: Iterable, ctx: EvalContext) -> dict[str, 
     """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole split, summed across ranks."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)      # loss, top1, top5, n
-    for b, (images, targets) in enumerate(loader):
-        if ctx.max_batches is not None and b >= ctx.max_batches:
-            break
-        images, targets = ctx.to_device(images, targets)
+    for images, targets in ctx.batches(loader):
         with ctx.autocast():
             logits = model(images)
         logits = logits.float()

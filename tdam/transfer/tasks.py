@@ -86,10 +86,7 @@ class WSDANTask:
     def evaluate(self, model: nn.Module, loader: Iterable, ctx) -> dict[str, float]:
         model.eval()
         sums = torch.zeros(6, dtype=torch.float64, device=ctx.device)  # loss, raw top1/5, refined top1/5, n
-        for b, (images, targets) in enumerate(loader):
-            if ctx.max_batches is not None and b >= ctx.max_batches:
-                break
-            images, targets = ctx.to_device(images, targets)
+        for images, targets in ctx.batches(loader):
             with ctx.autocast():
                 raw, refined = wsdan_refined_logits(model, images, self.test_theta, self.test_padding, self.combine)
             k = min(5, raw.shape[1])
@@ -146,10 +143,7 @@ class ASLTask:
     def evaluate(self, model: nn.Module, loader: Iterable, ctx) -> dict[str, float]:
         model.eval()
         scores, labels, loss_sum = [], [], torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for b, (images, targets) in enumerate(loader):
-            if ctx.max_batches is not None and b >= ctx.max_batches:
-                break
-            images, targets = ctx.to_device(images, targets)
+        for images, targets in ctx.batches(loader):
             with ctx.autocast():
                 logits = model(images)
             logits = logits.float()
