@@ -1,0 +1,264 @@
+"""ImageNet-style classification metrics for the paper's Table 1 accuracy columns (spec 05 §5.1).
+
+Every model gets top-1/top-5 of its logits (``last``). TD models (those with ``forward_steps``) get, from the SAME
+batch pass (stem and earlier stages computed once, only the last TD stage re-run per step):
+
+- ``last``: the logits of the last step (= ``model(x)``, all steps run): the standard metric;
+- ``most_confident``: the step with the highest max-softmax;
+- ``unique_box``: the supplement's multi-step protocol (:mod:`tdam.evaluation.unique_box`), whose maps are CAM for
+  global-average-pool + linear heads (ResNet) and Grad-CAM through the head for the others (ConvNeXt, MobileNetV3);
+- the accuracy of every step 1 ... t (accuracy against t, no fine-tuning).
+
+Per-image correctness is kept, so per-class tables come from the same pass.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from .boxes import boxes_from_maps, cam_maps, gradcam_maps
+from .unique_box import most_confident_correct, topk_correct, unique_box_correct
+
+__all__ = [
+    "TD_METRICS",
+    "EvalResult",
+    "is_td_model",
+    "gap_fc_weight",
+    "step_outputs",
+    "batch_metrics",
+    "evaluate",
+    "accuracy_vs_steps",
+]
+
+TD_METRICS = ("last", "most_confident", "unique_box")
+METRIC_LABELS = {"last": "last", "most_confident": "most-confident", "unique_box": "paper (unique-box)"}
+_AMP = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_td_model(model: nn.Module) -> bool:
+    """True for models with TD blocks, i.e. computation steps (``forward_steps`` and a last TD stage).
+
+    Plain ``tdam.create_model`` models also offer ``forward_steps`` (one step) but have no TD stage: they get ``last``.
+    """
+    return callable(getattr(model, "forward_steps", None)) and getattr(model, "last_td_stage", None) is not None
+
+
+def gap_fc_weight(model: nn.Module) -> torch.Tensor | None:
+    """The classifier weight (K, C) when the head is global average pooling + one linear layer (timm ResNet), else None.
+
+    For such heads CAM equals Grad-CAM up to a positive scale (same box), and needs no backward pass.
+    """
+    fc = getattr(model, "fc", None)
+    pool = getattr(model, "global_pool", None)
+    if not isinstance(fc, nn.Linear) or pool is None:
+        return None
+    if getattr(pool, "pool_type", None) != "avg":
+        return None
+    if getattr(model, "head_hidden_size", None) not in (None, fc.in_features):
+        return None
+    return fc.weight
+
+
+def step_outputs(model: nn.Module, x: torch.Tensor, *, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-step logits (t, N, K) of the last TD stage and, with ``maps``, the CAM/Grad-CAM of each step's top-1 class
+    (t, N, h, w) on that step's last feature map. One forward pass (``model.forward_steps``) for all steps.
+    """
+    if not maps:
+        with torch.no_grad():
+            return torch.stack(model.forward_steps(x)), None
+    with torch.no_grad():
+        outs = model.forward_steps(x, features=True)
+    logits = torch.stack([lg for _, lg in outs]).float()
+    preds = logits.argmax(dim=-1)  # (t, N)
+    weight = gap_fc_weight(model)
+    if weight is not None:
+        with torch.no_grad():
+            cams = torch.stack([cam_maps(f.float(), weight.float(), preds[k]) for k, (f, _) in enumerate(outs)])
+        return logits, cams
+    cams = []
+    for k, (f, _) in enumerate(outs):
+        # Grad-CAM only needs d logit / d features, i.e. the head: re-run the head on detached features.
+        with torch.enable_grad():
+            feat = f.detach().float().requires_grad_(True)
+            head_logits = model.forward_head(feat)
+            cams.append(gradcam_maps(feat, head_logits, preds[k]))
+    return logits, torch.stack(cams)
+
+
+def batch_metrics(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5), *, td_metrics: bool = True
+) -> dict[str, torch.Tensor]:
+    """Per-image correctness (N, len(topk)) bool for one batch: ``last`` for every model; for TD models with
+    ``td_metrics`` also ``most_confident``, ``unique_box`` and ``steps`` (t, N, len(topk)).
+    """
+    if not (is_td_model(model) and td_metrics):
+        with torch.no_grad():
+            return {"last": topk_correct(model(x), targets, topk)}
+    logits, cams = step_outputs(model, x, maps=True)
+    boxes = torch.stack([boxes_from_maps(c, size=tuple(x.shape[-2:])) for c in cams])  # (t, N, 4)
+    steps = topk_correct(logits, targets, topk)
+    return {
+        "last": steps[-1],
+        "most_confident": most_confident_correct(logits, targets, topk),
+        "unique_box": unique_box_correct(logits, boxes, targets, topk),
+        "steps": steps,
+    }
+
+
+@dataclass
+class EvalResult:
+    """Per-image correctness of one evaluation run, and what it was run with."""
+
+    topk: tuple[int, ...]
+    targets: np.ndarray  # (N,)
+    correct: dict[str, np.ndarray]  # metric -> (N, len(topk)) bool
+    step_correct: np.ndarray | None  # (t, N, len(topk)) bool, TD models only
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def images_per_s(self) -> float:
+        return self.num_images / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self) -> pd.DataFrame:
+        """One row per metric: top-k accuracies in percent."""
+        rows = []
+        for name, c in self.correct.items():
+            row = {"metric": METRIC_LABELS.get(name, name), "key": name, "images": self.num_images}
+            row.update({f"top{k}": 100.0 * float(c[:, i].mean()) for i, k in enumerate(self.topk)})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def accuracy(self, metric: str = "last", k: int = 1) -> float:
+        return 100.0 * float(self.correct[metric][:, self.topk.index(k)].mean())
+
+    def steps_table(self) -> pd.DataFrame:
+        """Accuracy of the last TD stage run at 1 ... t steps (from the one-pass evaluation)."""
+        if self.step_correct is None:
+            raise ValueError("accuracy against t needs a TD model evaluated with td_metrics=True")
+        rows = [{"steps": s + 1, **{f"top{k}": 100.0 * float(sc[:, i].mean()) for i, k in enumerate(self.topk)}}
+                for s, sc in enumerate(self.step_correct)]
+        return pd.DataFrame(rows)
+
+    def per_class(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Per-class accuracy (percent) for every metric and k, one row per class present in the labels or names."""
+        n_cls = max(int(self.targets.max()) + 1 if self.num_images else 0, len(class_names or ()))
+        counts = np.bincount(self.targets, minlength=n_cls)
+        out = pd.DataFrame({"class_index": np.arange(n_cls), "images": counts})
+        if class_names is not None:
+            out.insert(1, "class_name", list(class_names) + [""] * (n_cls - len(class_names)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for name, c in self.correct.items():
+                for i, k in enumerate(self.topk):
+                    hits = np.bincount(self.targets, weights=c[:, i].astype(np.float64), minlength=n_cls)
+                    out[f"{name}_top{k}"] = np.where(counts > 0, 100.0 * hits / np.maximum(counts, 1), np.nan)
+        return out
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp not in _AMP:
+        raise ValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
+    if _AMP[amp] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AMP[amp])
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: str | torch.device | None = None,
+    topk: Sequence[int] = (1, 5),
+    td_metrics: bool = True,
+    amp: str | None = None,
+    channels_last: bool = False,
+    max_batches: int | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` over ``loader`` (batches of (images, targets)); see the module docstring for the metrics.
+
+    ``td_metrics=False`` measures plain top-k of ``model(x)`` only (the baseline cost for the speed comparison).
+    The model is put in eval mode and on ``device`` (default: the model's device).
+    """
+    topk = tuple(int(k) for k in topk)
+    if not topk or min(topk) < 1:
+        raise ValueError(f"topk must be positive integers, got {topk}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    targets, correct, steps = [], {}, []
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.as_tensor(y).to(device, non_blocking=True)
+        with _autocast(device, amp):
+            out = batch_metrics(model, x, y, topk, td_metrics=td_metrics)
+        targets.append(y.cpu())
+        if "steps" in out:
+            steps.append(out.pop("steps").cpu())
+        for name, c in out.items():
+            correct.setdefault(name, []).append(c.cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if not targets:
+        raise ValueError("the loader yielded no batches")
+    return EvalResult(
+        topk=topk,
+        targets=torch.cat(targets).numpy().astype(np.int64),
+        correct={k: torch.cat(v).numpy() for k, v in correct.items()},
+        step_correct=torch.cat(steps, dim=1).numpy() if steps else None,
+        seconds=seconds,
+        info={"device": str(device), "amp": amp or "fp32", "channels_last": channels_last,
+              "td_metrics": bool(td_metrics and is_td_model(model))},
+    )
+
+
+def accuracy_vs_steps(
+    model: nn.Module,
+    loader: Iterable,
+    steps: Sequence[int],
+    *,
+    device: str | torch.device | None = None,
+    topk: Sequence[int] = (1, 5),
+    max_batches: int | None = None,
+) -> pd.DataFrame:
+    """Top-k of ``model(x)`` with the last TD stage set to each of ``steps`` via ``model.steps(k)`` (no fine-tuning).
+
+    An independent path to :meth:`EvalResult.steps_table`: one full forward per step count, and it accepts any step
+    count the model supports. Rows: steps, top1, top5, ...
+    """
+    if not hasattr(model, "steps"):
+        raise ValueError("accuracy against t needs a TD model (with a `steps(k)` context manager)")
+    topk = tuple(int(k) for k in topk)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    hits = {s: [] for s in steps}
+    with torch.no_grad():
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), torch.as_tensor(y).to(device)
+            for s in steps:
+                with model.steps(int(s)):
+                    hits[s].append(topk_correct(model(x), y, topk).cpu())
+    rows = []
+    for s in steps:
+        c = torch.cat(hits[s]).float().mean(dim=0) * 100.0
+        rows.append({"steps": int(s), **{f"top{k}": float(c[i]) for i, k in enumerate(topk)}})
+    return pd.DataFrame(rows)
