@@ -101,6 +101,12 @@ class EvalParams:
         return Path(ensure_checkpoint(self.backbone, _attention(self.attention), profile=self.profile))
 
 
+def row_name(name: str) -> str:
+    """A paper row/method name as notebook parameters write it: without '=' ("TDjoint(t2;m1)" for
+    "TDjoint(t=2;m=1)"), because papermill cannot parse a parameter line holding '=' inside a string."""
+    return str(name).replace("=", "")
+
+
 @dataclass
 class ComplexityParams:
     """Notebook 03 (Table 1 cost columns and scaling)."""
@@ -108,7 +114,7 @@ class ComplexityParams:
     flops_backbones: list = field(default_factory=lambda: list(ARCHS[:5]))
     flops_img_size: int = 224
     speed_backbones: list = field(default_factory=lambda: ["resnet18"])
-    speed_methods: list = field(default_factory=lambda: ["ResNet", "SE", "TDjoint(t=2;m=1)"])
+    speed_methods: list = field(default_factory=lambda: ["ResNet", "SE", "TDjoint(t2;m1)"])
     batch_size: int = 4
     img_size: int = 64
     dtype: str = "fp32"
@@ -126,9 +132,9 @@ class ComplexityParams:
             for b in getattr(self, name):
                 _choice(name, b, ARCHS)
         _choice("scaling_backbone", self.scaling_backbone, ARCHS)
-        methods = {s["method"] for s in table1_specs(self.speed_backbones)}
+        methods = {row_name(s["method"]) for s in table1_specs(self.speed_backbones)}
         for m in self.speed_methods:
-            _choice("speed_methods", m, sorted(methods))
+            _choice("speed_methods", row_name(m), sorted(methods))
         _choice("dtype", self.dtype, AMPS)
         for name in ("flops_img_size", "img_size"):
             _pos_int(name, getattr(self, name), 8)
@@ -148,7 +154,8 @@ class ComplexityParams:
     def speed_specs(self) -> list[dict]:
         """Table 1 rows to time: those of ``speed_backbones`` named in ``speed_methods`` (all when it is empty)."""
         specs = table1_specs(self.speed_backbones)
-        return [s for s in specs if not self.speed_methods or s["method"] in self.speed_methods]
+        wanted = {row_name(m) for m in self.speed_methods}
+        return [s for s in specs if not wanted or row_name(s["method"]) in wanted]
 
     def speed(self) -> dict:
         """kwargs of :func:`tdam.evaluation.complexity_report.measure_speed`."""
@@ -161,7 +168,7 @@ class AblationParams:
     """Notebook 04 (supplement Table 2)."""
 
     sets: list = field(default_factory=lambda: ["mode_and_distance"])
-    rows: list = field(default_factory=lambda: ["ResNet", "TDj(m=1)"])
+    rows: list = field(default_factory=lambda: ["ResNet", "TDj(m1)"])
     profile: str | None = "smoke"
     backbone_override: str | None = "resnet18"
     data_dir: str | None = None
@@ -177,9 +184,9 @@ class AblationParams:
         for s in self.sets:
             _choice("sets", s, TABLE2_SETS)
         entries = table2_entries(self.sets)
-        known = [e["row"] for e in entries]
+        known = [row_name(e["row"]) for e in entries]
         for r in self.rows:
-            _choice("rows", r, known)
+            _choice("rows", row_name(r), known)
         if self.backbone_override is not None:
             _choice("backbone_override", self.backbone_override, ARCHS)
         _dir("data_dir", self.data_dir)
@@ -192,7 +199,8 @@ class AblationParams:
         from .ablations import table2_entries
 
         entries = table2_entries(self.sets)
-        return [e for e in entries if not self.rows or e["row"] in self.rows]
+        wanted = {row_name(r) for r in self.rows}
+        return [e for e in entries if not wanted or row_name(e["row"]) in wanted]
 
 
 @dataclass
