@@ -96,3 +96,16 @@ def test_channels_last_and_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = mod(B, T)
     torch.testing.assert_close(low.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+def test_gradients_keep_channels_last():
+    """The top map's gradient must stay channels-last, or the BatchNorm before it takes a slow mixed-format path."""
+    mod = TDAttention(16, 64)
+    B = torch.randn(2, 16, 6, 6).to(memory_format=torch.channels_last).requires_grad_()
+    T = torch.randn(2, 64, 3, 3).to(memory_format=torch.channels_last).requires_grad_()
+    gB, gT = torch.autograd.grad(mod(B, T).square().sum(), (B, T))
+    assert gT.is_contiguous(memory_format=torch.channels_last) and gB.is_contiguous(memory_format=torch.channels_last)
+    B2, T2 = B.detach().contiguous().requires_grad_(), T.detach().contiguous().requires_grad_()
+    gB2, gT2 = torch.autograd.grad(mod(B2, T2).square().sum(), (B2, T2))
+    torch.testing.assert_close(gT, gT2)
+    torch.testing.assert_close(gB, gB2)
