@@ -17,15 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import PIL  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-import torchvision  # noqa: E402
+import numpy as np
+import PIL
+import timm
+import torch
+import torchvision
 
-from tdam.data import build_dataset, build_loader, build_transform, make_shapes_dataset  # noqa: E402
+from tdam.data import build_dataset, build_loader, build_transform, make_shapes_dataset
 
 
 def main() -> None:
