@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from tdam.evaluation.boxes import box_iou_inclusive, boxes_from_maps, cam_maps, gradcam_maps
+from helpers import ref_iou
 
 
 def ref_box(m: np.ndarray, size, thr=0.15):
@@ -25,14 +26,6 @@ def ref_box(m: np.ndarray, size, thr=0.15):
             best, best_size = i, s
     ys, xs = np.nonzero(lab == best)
     return [xs.min(), ys.min(), xs.max(), ys.max()]
-
-
-def ref_iou(a, b):
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-    inter = iw * ih
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
 
 
 def test_hand_made_maps():

@@ -3,16 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import ref_iou
 from tdam.evaluation.unique_box import (most_confident_correct, topk_correct, unique_box_correct,
                                         unique_box_sources)
-
-
-def ref_iou(a, b):
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-    inter = iw * ih
-    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
 
 
 def ref_unique_box(step_logits, boxes, targets, topk=(1, 5)):

@@ -5,30 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 from tdam.paths import params_dir
 from tdam.transfer.run import TransferConfig, build_transfer_datasets, load_transfer_config, run_transfer
 from tdam.transfer.tasks import WSDANTask
-
-
-class TinyBackbone(nn.Module):
-    num_features = 6
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, stride=4, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.fc = nn.Linear(6, 1000)
-        self.model_config = {}
-
-    def forward_features(self, x):
-        return self.stem(x)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean((2, 3)))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Identity() if num_classes == 0 else nn.Linear(6, num_classes)
+from helpers import TinyBackbone
 
 
 @pytest.fixture(scope="module")

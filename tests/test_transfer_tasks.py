@@ -15,25 +15,7 @@ from tdam.transfer.schedule import OneCycleSchedule
 from tdam.transfer.tasks import ASLTask, WSDANTask
 from tdam.transfer.transforms import CutoutPIL, asl_transform, wsdan_transform
 from tdam.transfer.wsdan import attention_crop
-
-
-class TinyBackbone(nn.Module):
-    num_features = 6
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, stride=4, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.fc = nn.Linear(6, num_classes)
-        self.model_config = {}
-
-    def forward_features(self, x):
-        return self.stem(x)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean((2, 3)))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Identity() if num_classes == 0 else nn.Linear(6, num_classes)
+from helpers import TinyBackbone
 
 
 def test_onecycle_equals_torch_onecyclelr_lr_and_momentum():

@@ -20,23 +20,7 @@ from tdam.transfer.wsdan import (
     wsdan_refined_logits,
     wsdan_training_loss,
 )
-
-
-class TinyBackbone(nn.Module):
-    """A timm-style stand-in: forward_features gives a (B, 6, H/4, W/4) map."""
-
-    num_features = 6
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, stride=4, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.fc = nn.Linear(6, 1000)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Identity() if num_classes == 0 else nn.Linear(6, num_classes)
+from helpers import TinyBackbone
 
 
 def test_bap_equals_direct_loop_computation():
