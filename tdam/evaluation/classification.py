@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from tdam.models import is_td_model
+
 from .boxes import boxes_from_maps, cam_maps, gradcam_maps
 from .unique_box import most_confident_correct, topk_correct, unique_box_correct
 
@@ -40,14 +42,6 @@ __all__ = [
 TD_METRICS = ("last", "most_confident", "unique_box")
 METRIC_LABELS = {"last": "last", "most_confident": "most-confident", "unique_box": "paper (unique-box)"}
 _AMP = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def is_td_model(model: nn.Module) -> bool:
-    """True for models with TD blocks, i.e. computation steps (``forward_steps`` and a last TD stage).
-
-    Plain ``tdam.create_model`` models also offer ``forward_steps`` (one step) but have no TD stage: they get ``last``.
-    """
-    return callable(getattr(model, "forward_steps", None)) and getattr(model, "last_td_stage", None) is not None
 
 
 def gap_fc_weight(model: nn.Module) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ from timm.models import generate_default_cfgs, register_model
 from .blocks import TDBlock, td_block_from
 from .steps import _blocks, steps_class_for
 
-__all__ = ["create_model", "ARCHS", "ATTENTIONS", "TD_DEFAULTS", "default_td_placement"]
+__all__ = ["create_model", "is_td_model", "ARCHS", "ATTENTIONS", "TD_DEFAULTS", "default_td_placement"]
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
 ATTENTIONS = (None, "td", "se", "cbam", "eca", "fca")
@@ -36,8 +36,6 @@ TD_DEFAULTS: dict[str, dict[str, Any]] = {
     "convnext_tiny": dict(td_stages=(3, 4)),
     "mobilenetv3_large_100": dict(td_stages=(4, 5, 6)),  # the last three InvertedResidual stages (80/112/160 ch)
 }
-_TD_OPTIONS = ("t", "m", "td_mode", "td_order", "td_feedback", "td_pool", "td_stages", "td_blocks",
-               "td_zero_init_step_norms", "td_keep_se")
 
 
 def _check(name: str, value: Any, choices: Iterable) -> None:
@@ -208,6 +206,7 @@ def create_model(
 
 
 def is_td_model(model: nn.Module) -> bool:
+    """True for a model with TD blocks (computation steps); plain models get only the ``last`` metric."""
     return any(isinstance(m, TDBlock) for m in model.modules())
 
 
