@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from tdam.validation import check_choice
+
 __all__ = ["BACKBONES", "AttentionShiftParams", "LocalizationParams", "SelectivityParams"]
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
@@ -22,11 +24,6 @@ def _int(name: str, v, lo: int, hi: int | None = None) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise ValueError(f"{name}={v!r}: expected an integer {rng}")
-
-
-def _choice(name: str, v, choices) -> None:
-    if v not in choices:
-        raise ValueError(f"{name}={v!r} is not valid; choices: {list(choices)}")
 
 
 def _path(name: str, v: str, *, file: bool) -> None:
@@ -54,13 +51,13 @@ class _Common:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _choice("backbone", self.backbone, BACKBONES)
+        check_choice("backbone", self.backbone, BACKBONES)
         _path("td_checkpoint", self.td_checkpoint, file=True)
         _path("baseline_checkpoint", self.baseline_checkpoint, file=True)
         if not isinstance(self.profile, str) or not self.profile:
             raise ValueError(f"profile={self.profile!r}: expected a profile name such as 'smoke'")
         _path("data_dir", self.data_dir, file=False)
-        _choice("split", self.split, SPLITS)
+        check_choice("split", self.split, SPLITS)
         _int("batch_size", self.batch_size, 1)
         _device(self.device)
         self.validate()
@@ -122,7 +119,7 @@ class SelectivityParams(_Common):
     layer3_blocks: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
-        _choice("backbone", self.backbone, RESNETS)
+        check_choice("backbone", self.backbone, RESNETS)
         _int("max_images", self.max_images, 0)
         _int("seed", self.seed, 0)
         for name in ("layer4_blocks", "layer3_blocks"):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from tdam.validation import check_choice
+
 from .complexity_report import table1_specs
 
 __all__ = ["V2_VARIANTS", "resolve_device", "EvalParams", "ComplexityParams", "AblationParams", "ResolutionParams"]
@@ -19,11 +21,6 @@ V2_VARIANTS = {
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
 ATTENTIONS = ("plain", "td", "se", "cbam", "eca", "fca")
 AMPS = ("fp32", "bf16", "fp16")
-
-
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid: valid choices are {list(choices)}")
 
 
 def _pos_int(name, value, lo=1, optional=False):
@@ -78,10 +75,10 @@ class EvalParams:
     def __post_init__(self):
         if self.checkpoint is not None and not Path(self.checkpoint).expanduser().is_file():
             raise ValueError(f"checkpoint={self.checkpoint!r}: file not found")
-        _choice("backbone", self.backbone, ARCHS)
-        _choice("attention", self.attention or "plain", ATTENTIONS)
-        _choice("v2_variant", self.v2_variant, tuple(V2_VARIANTS))
-        _choice("amp", self.amp, AMPS)
+        check_choice("backbone", self.backbone, ARCHS)
+        check_choice("attention", self.attention or "plain", ATTENTIONS)
+        check_choice("v2_variant", self.v2_variant, tuple(V2_VARIANTS))
+        check_choice("amp", self.amp, AMPS)
         _dir("data_dir", self.data_dir)
         _dir("v2_dir", self.v2_dir)
         _pos_int("img_size", self.img_size, 8, optional=True)
@@ -130,12 +127,12 @@ class ComplexityParams:
     def __post_init__(self):
         for name in ("flops_backbones", "speed_backbones"):
             for b in getattr(self, name):
-                _choice(name, b, ARCHS)
-        _choice("scaling_backbone", self.scaling_backbone, ARCHS)
+                check_choice(name, b, ARCHS)
+        check_choice("scaling_backbone", self.scaling_backbone, ARCHS)
         methods = {row_name(s["method"]) for s in table1_specs(self.speed_backbones)}
         for m in self.speed_methods:
-            _choice("speed_methods", row_name(m), sorted(methods))
-        _choice("dtype", self.dtype, AMPS)
+            check_choice("speed_methods", row_name(m), sorted(methods))
+        check_choice("dtype", self.dtype, AMPS)
         for name in ("flops_img_size", "img_size"):
             _pos_int(name, getattr(self, name), 8)
         _pos_int("batch_size", self.batch_size)
@@ -182,13 +179,13 @@ class AblationParams:
         from .ablations import TABLE2_SETS, table2_entries
 
         for s in self.sets:
-            _choice("sets", s, TABLE2_SETS)
+            check_choice("sets", s, TABLE2_SETS)
         entries = table2_entries(self.sets)
         known = [row_name(e["row"]) for e in entries]
         for r in self.rows:
-            _choice("rows", row_name(r), known)
+            check_choice("rows", row_name(r), known)
         if self.backbone_override is not None:
-            _choice("backbone_override", self.backbone_override, ARCHS)
+            check_choice("backbone_override", self.backbone_override, ARCHS)
         _dir("data_dir", self.data_dir)
         _pos_int("batch_size", self.batch_size)
         _pos_int("workers", self.workers, 0)
@@ -222,9 +219,9 @@ class ResolutionParams:
     PAPER_RESOLUTIONS = (112, 140, 168, 196, 224, 280, 336, 392, 448)
 
     def __post_init__(self):
-        _choice("backbone", self.backbone, ARCHS)
+        check_choice("backbone", self.backbone, ARCHS)
         for a in self.attentions:
-            _choice("attentions", a, ATTENTIONS)
+            check_choice("attentions", a, ATTENTIONS)
         if self.checkpoints and len(self.checkpoints) != len(self.attentions):
             raise ValueError(f"checkpoints ({len(self.checkpoints)}) must be empty or one per attention "
                              f"({self.attentions})")

@@ -20,7 +20,9 @@ import torch.nn as nn
 from timm.models.convnext import ConvNeXtBlock
 from timm.models.resnet import BasicBlock, Bottleneck
 
-from .td import TD_FEEDBACKS, ConvFeedback, TDAttention, check_choice
+from tdam.validation import check_choice
+
+from .td import TD_FEEDBACKS, ConvFeedback, TDAttention
 
 __all__ = ["TDBlock", "TDBottleneck", "TDBasicBlock", "TDConvNeXtBlock", "TDInvertedResidual", "td_block_from"]
 

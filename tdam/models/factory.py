@@ -12,6 +12,8 @@ import timm
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
+from tdam.validation import check_choice
+
 from .blocks import TDBlock, td_block_from
 from .steps import _blocks, steps_class_for
 
@@ -38,15 +40,9 @@ TD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check(name: str, value: Any, choices: Iterable) -> None:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(repr(c) for c in choices)}")
-
-
 def default_td_placement(arch: str) -> dict[str, Any]:
     """The default ``td_stages``/``td_blocks`` of an architecture."""
-    _check("arch", arch, ARCHS)
+    check_choice("arch", arch, ARCHS)
     return dict(TD_DEFAULTS[arch])
 
 
@@ -152,8 +148,8 @@ def create_model(
     Raises:
         ValueError: for any invalid choice, naming the valid ones.
     """
-    _check("arch", arch, ARCHS)
-    _check(f"attention (for {arch})", attention, _ATTENTIONS_FOR[arch])
+    check_choice("arch", arch, ARCHS)
+    check_choice(f"attention (for {arch})", attention, _ATTENTIONS_FOR[arch])
     if pretrained:
         raise ValueError("pretrained=True is not supported: tdam never downloads weights; build the model and load a "
                          "checkpoint file with tdam.load_checkpoint(model, path)")

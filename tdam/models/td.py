@@ -18,18 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["TDAttention", "ConvFeedback", "TD_MODES", "TD_ORDERS", "TD_POOLS", "TD_FEEDBACKS", "check_choice"]
+from tdam.validation import check_choice
+
+__all__ = ["TDAttention", "ConvFeedback", "TD_MODES", "TD_ORDERS", "TD_POOLS", "TD_FEEDBACKS"]
 
 TD_MODES = ("top", "joint", "additive")
 TD_ORDERS = ("channel_spatial", "spatial_channel", "channel", "spatial", "parallel")
 TD_POOLS = ("avg", "max", "avg+max")
 TD_FEEDBACKS = ("attention", "identity", "conv")
-
-
-def check_choice(name: str, value, choices) -> None:
-    """Raise ``ValueError`` naming the valid choices when ``value`` is not one of them."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(repr(c) for c in choices)}")
 
 
 def _conv1x1(cin: int, cout: int) -> nn.Conv2d:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from tdam.paths import params_dir, runs_dir
+from tdam.validation import check_choice
 
 __all__ = [
     "TrainConfig", "load_config", "load_yaml_with_base", "BACKBONES", "ATTENTIONS", "TD_MODES",
@@ -145,9 +146,9 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
         """Type and range checks; raises ValueError naming the valid choices."""
-        _choice("backbone", self.backbone, BACKBONES)
-        _choice("attention", self.attention, ATTENTIONS)
-        _choice("td_mode", self.td_mode, TD_MODES)
+        check_choice("backbone", self.backbone, BACKBONES)
+        check_choice("attention", self.attention, ATTENTIONS)
+        check_choice("td_mode", self.td_mode, TD_MODES)
         _int("t", self.t, 1)
         _int("m", self.m, 0)
         if self.attention == "td":
@@ -168,17 +169,17 @@ class TrainConfig:
             self.td_blocks = {int(k): [int(i) for i in v] for k, v in self.td_blocks.items()}
         if not isinstance(self.model_options, Mapping):
             raise ValueError(f"model_options={self.model_options!r}: expected a mapping of create_model kwargs")
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("data_size", self.data_size, ("default", "tiny"))
-        _choice("amp", self.amp, AMP_CHOICES)
-        _choice("sched", self.sched, SCHEDULERS)
-        _choice("clip_mode", self.clip_mode, CLIP_MODES)
-        _choice("mixup_mode", self.mixup_mode, MIXUP_MODES)
-        _choice("remode", self.remode, REMODES)
-        _choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("data_size", self.data_size, ("default", "tiny"))
+        check_choice("amp", self.amp, AMP_CHOICES)
+        check_choice("sched", self.sched, SCHEDULERS)
+        check_choice("clip_mode", self.clip_mode, CLIP_MODES)
+        check_choice("mixup_mode", self.mixup_mode, MIXUP_MODES)
+        check_choice("remode", self.remode, REMODES)
+        check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: valid choices are 'auto', 'cpu', 'cuda', 'cuda:N'")
-        _opt_choice(self.opt)
+        _optcheck_choice(self.opt)
         for name, lo in (("seed", 0), ("img_size", 8), ("workers", 0), ("epochs", 1), ("batch_size", 1),
                          ("accum_steps", 1), ("lr_base_size", 1), ("eval_every", 1), ("log_interval", 1)):
             _int(name, getattr(self, name), lo)
@@ -349,11 +350,6 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None, *, profile
 
 
 # ---------------------------------------------------------------------- checks
-def _choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid: valid choices are {list(choices)}")
-
-
 def _int(name: str, value: Any, lo: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name}={value!r}: expected an integer >= {lo}")
@@ -369,7 +365,7 @@ def _float(name: str, value: Any, lo: float, hi: float | None) -> None:
         raise ValueError(f"{name}={value} is out of range: expected {rng}")
 
 
-def _opt_choice(opt: str) -> None:
+def _optcheck_choice(opt: str) -> None:
     from timm.optim import list_optimizers
 
     valid = list_optimizers()
