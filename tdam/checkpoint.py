@@ -41,6 +41,7 @@ __all__ = [
     "SAFE_GLOBALS", "LAYOUTS", "CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError",
     "CheckpointMismatchError", "LoadResult", "BlockTD", "StateDictSummary", "read_checkpoint", "extract_state_dict",
     "detect_layout", "summarize_state_dict", "load_checkpoint", "save_checkpoint", "export_safetensors", "load_model",
+    "unwrap_model",
 ]
 
 #: Extra globals (beyond torch's weights-only defaults: tensors, dtypes, torch.device, torch.Size, OrderedDict,
@@ -503,7 +504,7 @@ def _natural_key(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The module whose state dict has plain names (DataParallel/DDP ``.module``, torch.compile ``._orig_mod``)."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -607,7 +608,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     name = f"checkpoint {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "the checkpoint dict"
     ckpt = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     sd, layout = extract_state_dict(ckpt, use_ema=use_ema)
-    target = _unwrap(model)
+    target = unwrap_model(model)
     model_sd = target.state_dict()
     missing = [k for k in model_sd if k not in sd and not (
         k.endswith(".num_batches_tracked") and k.replace(".num_batches_tracked", ".running_mean") in sd)]
@@ -706,7 +707,7 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def _tensors_for_export(model_or_state_dict: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if isinstance(model_or_state_dict, nn.Module):
-        sd = _unwrap(model_or_state_dict).state_dict()
+        sd = unwrap_model(model_or_state_dict).state_dict()
     else:
         sd, _layout = extract_state_dict(model_or_state_dict)
     out, seen = {}, set()

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import dispatch_clip_grad
 
+from tdam.checkpoint import unwrap_model
 from tdam.train.distributed import all_reduce_sum
 
 __all__ = [
@@ -153,17 +154,6 @@ class TrainState:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalContext, *, updates: int,
                     accum_steps: int = 1, clip_grad: float | None = None, clip_mode: str = "norm",
                     on_update: Callable[[TrainState], bool] | None = None, progress: Any = None) -> bool:
@@ -197,14 +187,14 @@ def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalCo
         if last_micro:
             if clip_grad is not None:
                 scaler.unscale_(optimizer)
-                dispatch_clip_grad(_unwrap(model).parameters(), clip_grad, mode=clip_mode)
+                dispatch_clip_grad(unwrap_model(model).parameters(), clip_grad, mode=clip_mode)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.epoch_step += 1
             if state.ema is not None:
-                state.ema.update(_unwrap(model), step=state.step)
+                state.ema.update(unwrap_model(model), step=state.step)
             if state.scheduler is not None:
                 state.scheduler.step_update(num_updates=state.step)
         t_mark = time.perf_counter()

@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tdam.checkpoint import unwrap_model
+
 __all__ = [
     "WSDAN",
     "WSDANOutput",
@@ -262,8 +264,7 @@ def center_loss(features: torch.Tensor, centers_batch: torch.Tensor) -> torch.Te
 
 
 def _unwrap(model: nn.Module) -> "WSDAN":
-    module = getattr(model, "module", model)  # DDP / DataParallel
-    module = getattr(module, "_orig_mod", module)  # torch.compile
+    module = unwrap_model(model)  # DDP / DataParallel / torch.compile
     if not isinstance(module, WSDAN):
         raise TypeError(f"expected a WSDAN model (optionally DDP-/compile-wrapped), got {type(module).__name__}")
     return module
