@@ -51,6 +51,7 @@ from .shapes import MARKER, load_manifest, make_shapes_dataset
 from .transforms import PRESETS, build_transform
 
 __all__ = [
+    "dataset_root",
     "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS", "build_transform", "build_loader",
     "map_boxes", "eval_geometry", "geometry_from_transform", "Geometry", "DatasetLayoutError", "BadImageError",
     "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
@@ -86,6 +87,14 @@ def build_dataset(kind: str, root: str | os.PathLike, split: str, transform: Cal
             raise ValueError(f"variant= is only for kind='imagenet_v2', not {kind!r}")
         options["variant"] = variant
     return DATASETS[kind](root, split, transform, on_bad_image=on_bad_image, **options)
+
+
+def dataset_root(kind: str, data_dir: str | os.PathLike | None = None, *, size: str = "default") -> Path:
+    """Where dataset ``kind`` lives: ``data_dir`` when given (a real dataset), else its folder inside the embedded
+    tdam-shapes dataset of ``size`` (generated on first use, then cached)."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    return Path(shapes_root(make_shapes_dataset(size=size), kind))
 
 
 def shapes_root(shapes: str | os.PathLike, kind: str) -> str:
