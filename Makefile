@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
-# Idle OpenMP threads sleep instead of spinning: on a shared or small machine spinning threads slow torch ~10x.
+# Idle OpenMP threads sleep instead of spinning: on a shared or small machine (CI runners, several test processes,
+# notebook kernels) spinning threads made torch's CPU kernels up to 10x slower in our runs. Exported to every target
+# and the processes they start; outside make, export it yourself before starting Python.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-slow lab bench clean
+.PHONY: install demo test test-drills test-slow lab bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-drills: $(STAMP)
+	$(PY) -m pytest -q -m drill tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests

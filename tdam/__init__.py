@@ -4,12 +4,7 @@ Paper: https://arxiv.org/abs/2111.13470
 """
 __version__ = "0.1.0"
 
-import os as _os
 import warnings as _warnings
-
-# Idle OpenMP threads sleep instead of spinning (read when torch loads, so only effective if tdam is imported first).
-# On a small or shared CPU, spinning threads made torch up to 10x slower in our runs; set the variable to override.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # timm -> huggingface_hub imports tqdm.auto, which warns inside Jupyter kernels without ipywidgets; tdam never shows
 # widget progress bars (progress is plain text, and quiet when not interactive), so the warning is noise.

@@ -1,9 +1,10 @@
 """Shared test set-up.
 
 - Matplotlib renders off-screen (``MPLBACKEND=Agg``) in tests and in the notebook kernels nbval starts.
-- ``OMP_WAIT_POLICY=PASSIVE`` (see below).
-- ``@pytest.mark.slow`` tests are skipped unless selected with ``-m slow`` (``make test-slow``) or another ``-m``
-  expression, so ``make test`` stays within the CI budget.
+- Tiers: ``make test`` runs every correctness test and the notebooks. Tests marked ``drill`` (resilience drills:
+  signals, kills, several processes) run with ``make test-drills``, tests marked ``slow`` (long end-to-end runs) with
+  ``make test-slow``; both are skipped, with the command to run them, unless selected with ``-m``. ``.ci/run`` runs all
+  three tiers.
 - Unit tests write training runs to a per-session temporary ``TDAM_RUNS`` (never the user's ``runs/``); the embedded
   datasets stay cached in the repository's ``runs/data`` (``TDAM_DATA``), so they are generated once per machine.
   Notebooks (collected by nbval from ``notebooks/``) are not affected: they use the repository's ``runs/``.
@@ -15,19 +16,18 @@ import os
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-# OpenMP threads sleep instead of spinning while they wait: on a machine whose cores are shared (CI runners, several
-# test processes, the notebook kernels nbval starts) spinning threads can make torch's CPU kernels ~10x slower.
-# Must be set before torch (libgomp) is loaded; inherited by subprocesses and notebook kernels.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+TIERS = {"slow": "make test-slow", "drill": "make test-drills"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("-m"):
         return
-    skip = pytest.mark.skip(reason="slow: run with `make test-slow` (pytest -m slow)")
     for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+        for tier, command in TIERS.items():
+            if tier in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"{tier} tier: run with `{command}` (pytest -m {tier})"))
+                break
 
 
 @pytest.fixture(scope="session")
