@@ -24,7 +24,7 @@ import timm
 import torch
 import torchvision
 
-from tdam.data import build_dataset, build_loader, build_transform, make_shapes_dataset
+from tdam.data import CountingDataLoader, build_dataset, build_transform, collate_drop_bad, make_shapes_dataset
 
 
 def main() -> None:
@@ -54,12 +54,13 @@ def main() -> None:
         print(f"generation ({args.size}, seed {args.seed}): {wall:.2f} s wall, {cpu:.2f} s CPU, {n_files} files")
 
         ds = build_dataset("imagenet", root / "imagenet", "train", build_transform(True, args.img_size))
-        loader = build_loader(ds, batch_size=args.batch_size, train=True, num_workers=args.workers, seed=0)
+        loader = CountingDataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                    num_workers=args.workers, persistent_workers=args.workers > 0,
+                                    pin_memory=torch.cuda.is_available(), collate_fn=collate_drop_bad)
         for _ in loader:  # warm-up: starts the persistent workers, fills the page cache
             pass
         n, t0 = 0, time.perf_counter()
-        for epoch in range(args.epochs):
-            loader.set_epoch(epoch + 1)
+        for _ in range(args.epochs):
             for x, _ in loader:
                 n += x.shape[0]
         dt = time.perf_counter() - t0

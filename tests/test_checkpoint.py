@@ -1,4 +1,4 @@
-"""tdam.checkpoint: safe reading, public TDAM layouts, mismatch diagnosis, atomic saving, safetensors (spec 03)."""
+"""tdam.checkpoint: safe reading, public TDAM layouts, mismatch diagnosis, atomic saving, safetensors."""
 from __future__ import annotations
 
 import argparse
@@ -388,7 +388,7 @@ def test_safetensors_export_roundtrip(tmp_path):
 
 
 # ------------------------------------------------------------------------------ real models: public TDAM layouts
-OURS_TO_PUBLIC_TD = {  # spec 03 §3.2, written out independently of tdam.checkpoint's table
+OURS_TO_PUBLIC_TD = {  # the authors' RA_block names, written out independently of tdam.checkpoint's table
     "top": {"td.fc1.": "RA_block.Ug_mlp.0.", "td.fc2.": "RA_block.Ug_mlp.2."},
     "joint": {"td.fc_top.": "RA_block.Ug_top_mlp.0.", "td.fc_bottom.": "RA_block.Ug_bottom_mlp.0.",
               "td.fc_out.": "RA_block.Ug_mlp.0."},
@@ -496,7 +496,7 @@ def test_shape_mismatch_lists_both_shapes(public_joint_resnet18):
 
 
 def _to_public_convnext(sd: dict) -> dict:
-    """Our (timm) TD-ConvNeXt names -> the ConvNeXt code base's names + RA_block (spec 03 §3.2), independently."""
+    """Our (timm) TD-ConvNeXt names -> the ConvNeXt code base's names + RA_block, independently."""
     rules = [
         (r"^stem\.(\d)\.", r"downsample_layers.0.\1."),
         (r"^stages\.(\d)\.downsample\.(\d)\.", r"downsample_layers.\1.\2."),

@@ -1,4 +1,4 @@
-"""tdam-shapes generator: determinism, speed, caching/atomicity, content (spec 07 §7.1, issue 3)."""
+"""tdam-shapes generator: determinism, speed, caching/atomicity, content."""
 from __future__ import annotations
 
 import hashlib
@@ -53,7 +53,7 @@ def test_cached_and_marker(shapes_tiny):
 
 
 def test_bad_arguments_and_foreign_folder(tmp_path):
-    with pytest.raises(ValueError, match=r"choices: \['default', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"size='huge' is not valid; valid choices are \['default', 'tiny'\]"):
         make_shapes_dataset(tmp_path / "x", size="huge")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("user data")

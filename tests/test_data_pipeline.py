@@ -1,4 +1,4 @@
-"""Box mapping, transforms, loaders and bad-input errors of tdam.data (issue 3)."""
+"""Box mapping, transforms (ImageNet, WS-DAN and ASL presets), the counting loader and bad-input errors of tdam.data."""
 from __future__ import annotations
 
 import logging
@@ -6,14 +6,14 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler
 
-from tdam.data import (BadImageError, BadSample, DatasetLayoutError, Geometry, build_dataset, build_loader,
-                       build_transform, eval_geometry, geometry_from_transform, make_shapes_dataset, map_boxes,
-                       shapes_root)
+from tdam.data import (BadImageError, BadSample, CountingDataLoader, DatasetLayoutError, Geometry, build_dataset,
+                       build_transform, collate_drop_bad, eval_geometry, make_shapes_dataset, map_boxes, shapes_root)
+from tdam.data.transforms import CutoutPIL
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_map_boxes_agrees_with_torchvision_pixels():
     assert torch.allclose(got, mapped, atol=1.5), (got, mapped)
 
 
-def test_eval_geometry_presets_and_from_transform():
+def test_eval_geometry_presets_match_build_transform():
     assert eval_geometry(224) == Geometry(256, 224)
     assert eval_geometry(448) == Geometry(512, 448) and eval_geometry(112) == Geometry(128, 112)  # test-res
     assert eval_geometry(64) == Geometry(math.floor(64 / 0.875), 64)
@@ -63,9 +63,15 @@ def test_eval_geometry_presets_and_from_transform():
     assert eval_geometry(448, preset="asl") == Geometry((448, 448), None)
     for preset in ("imagenet", "wsdan", "asl"):
         for size in (64, 224):
-            t = build_transform(False, size, preset=preset)
-            assert geometry_from_transform(t) == eval_geometry(size, preset=preset)
-    with pytest.raises(ValueError, match="choices"):
+            geo = eval_geometry(size, preset=preset)
+            ops = [(type(t).__name__, t.size) for t in build_transform(False, size, preset=preset).transforms
+                   if type(t).__name__ in ("Resize", "CenterCrop")]
+            assert [name for name, _ in ops] == ["Resize", "CenterCrop"][:1 + (geo.crop is not None)]
+            sizes = dict(ops)
+            resize = sizes["Resize"]
+            assert (resize if isinstance(resize, int) else tuple(resize)) == geo.resize
+            assert sizes.get("CenterCrop") == (None if geo.crop is None else (geo.crop, geo.crop))
+    with pytest.raises(ValueError, match="preset='timm' is not valid; valid choices are"):
         eval_geometry(224, preset="timm")
 
 
@@ -90,46 +96,35 @@ def test_build_transform_outputs_and_validation():
     assert "ColorJitter" not in plain and "RandAugment" not in plain and "RandomErasing" not in plain
     x = build_transform(False, 64, normalize=False)(Image.new("RGB", (70, 70), (255, 0, 0)))
     assert x.dtype == torch.float32 and torch.allclose(x[0], torch.ones(64, 64))
-    with pytest.raises(ValueError, match=r"choices: \('imagenet', 'wsdan', 'asl'\)"):
+    with pytest.raises(ValueError, match=r"valid choices are \['imagenet', 'wsdan', 'asl'\]"):
         build_transform(True, preset="fancy")
-    with pytest.raises(ValueError, match="choices"):
+    with pytest.raises(ValueError, match="train='training' is not valid; valid choices are"):
         build_transform("training")
-    with pytest.raises(ValueError, match="choices"):
+    with pytest.raises(ValueError, match="interpolation='area' is not valid; valid choices are"):
         build_transform(True, interpolation="area")
 
 
-# ----------------------------------------------------------------------------------------------- loaders
-def test_loader_batches_seeded_and_workers(shapes_tiny):
-    ds = build_dataset("imagenet", shapes_tiny / "imagenet", "train", build_transform(True, 64))
-    a = build_loader(ds, batch_size=8, train=True, num_workers=0, seed=3)
-    b = build_loader(ds, batch_size=8, train=True, num_workers=0, seed=3)
-    assert a.drop_last and a.pin_memory == torch.cuda.is_available()
-    ta = [y.tolist() for _, y in a]
-    assert ta == [y.tolist() for _, y in b] and len(ta) == len(ds) // 8
-    a.set_epoch(1)
-    assert [y.tolist() for _, y in a] != ta  # another epoch, another order
-    a.set_epoch(0)
-    assert [y.tolist() for _, y in a] == ta  # a function of (seed, epoch): resumable
-    w = build_loader(ds, batch_size=16, train=False, num_workers=2)
-    assert w.persistent_workers and not w.drop_last
-    n = 0
-    for x, y in w:
-        assert x.shape[1:] == (3, 64, 64) and x.dtype == torch.float32
-        n += len(y)
-    assert n == len(ds)
+def test_cutout_pil_rectangle():
+    torch.manual_seed(0)
+    img = Image.new("RGB", (40, 40), (0, 0, 0))
+    out = torch.tensor(np.array(CutoutPIL(0.5)(img))).float()
+    filled = (out != 0).any(-1)
+    rows, cols = filled.any(1).nonzero().flatten(), filled.any(0).nonzero().flatten()
+    # a 20 x 20 cutout: y_c +- 10 (inclusive corners), clipped to the image
+    assert rows.numel() <= 21 and cols.numel() <= 21 and rows.numel() >= 11 and cols.numel() >= 11
+    assert filled.sum() == rows.numel() * cols.numel()  # one axis-aligned rectangle
+    assert img.getpixel((0, 0)) == (0, 0, 0)  # the input is not modified
 
 
-def test_distributed_sampler(shapes_tiny):
-    ds = build_dataset("imagenet", shapes_tiny / "imagenet", "val")
-    loaders = [build_loader(ds, batch_size=4, train=True, num_workers=0, distributed=True, num_replicas=2, rank=r,
-                            seed=1) for r in range(2)]
-    assert all(isinstance(dl.sampler, DistributedSampler) for dl in loaders)
-    idx = [list(dl.sampler) for dl in loaders]
-    assert len(idx[0]) == len(idx[1]) == len(ds) // 2 and not set(idx[0]) & set(idx[1])
-    loaders[0].set_epoch(1)
-    assert list(loaders[0].sampler) != idx[0]
-    with pytest.raises(ValueError, match="process group"):
-        build_loader(ds, batch_size=4, train=True, distributed=True)
+def test_wsdan_and_asl_presets_shapes_and_normalisation():
+    img = Image.new("RGB", (70, 50), (124, 116, 104))  # ~ the ImageNet mean colour
+    for split in ("train", "val"):
+        x = build_transform(split, 32, preset="wsdan")(img)
+        assert x.shape == (3, 32, 32)
+        assert build_transform(split, 32, preset="asl")(img).shape == (3, 32, 32)
+    assert build_transform("val", 32, preset="wsdan")(img).abs().max() < 0.05
+    with pytest.raises(ValueError, match="train='testing' is not valid"):
+        build_transform("testing", 32, preset="wsdan")
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -192,13 +187,13 @@ def test_corrupt_jpeg_raises_or_is_skipped_and_counted(tmp_path, shapes_tiny, ca
     assert isinstance(sample, BadSample) and not sample and sample.path == bad_path
     assert skip.bad_images == [bad_path]
     for workers in (0, 2):
-        loader = build_loader(skip, batch_size=8, train=False, num_workers=workers)
+        loader = CountingDataLoader(skip, batch_size=8, num_workers=workers, collate_fn=collate_drop_bad)
         with caplog.at_level(logging.WARNING, logger="tdam.data"):
             n = sum(len(y) for _, y in loader)
         assert n == len(skip) - 1 and loader.bad_images == [bad_path]
         assert f"skipped 1 unreadable image(s) this epoch" in caplog.text and bad_path in caplog.text
         caplog.clear()
-    with pytest.raises(ValueError, match="choices"):
+    with pytest.raises(ValueError, match="on_bad_image='ignore' is not valid; valid choices are"):
         build_dataset("imagenet", root, "val", on_bad_image="ignore")
     garbage = Path(ds.samples[5][0])
     garbage.write_bytes(b"not a jpeg at all")

@@ -1,4 +1,4 @@
-"""Every reader on its generated tdam-shapes dataset: lengths, labels, boxes, class names as written (issue 3).
+"""Every reader on its generated tdam-shapes dataset: lengths, labels, boxes, class names as written.
 
 Expectations are parsed independently here (directory walks, ElementTree, plain text splits, scipy.io.loadmat, json)
 and also compared with the generator's manifest.
@@ -94,7 +94,7 @@ def test_imagenet_v2_folder_10_is_label_10_not_imagefolder_order(shapes_tiny):
     labels = {Path(p).parent.name: t for p, t in ds.samples}
     assert labels["10"] == 10 and labels["2"] == 2
     assert ImageFolder(str(variant_dir)).class_to_idx["2"] == 4  # the pitfall: '0','1','10','11','2'
-    with pytest.raises(ValueError, match="choices"):
+    with pytest.raises(ValueError, match="variant='matched' is not valid; valid choices are"):
         build_dataset("imagenet_v2", shapes_tiny / "imagenet_v2", "test", variant="matched")
 
 
@@ -209,10 +209,10 @@ def test_coco_ids_1_3_90_map_to_0_1_2(tmp_path):
 
 
 def test_build_dataset_rejects_bad_kind_and_split(shapes_tiny):
-    choices = r"choices: \['coco2014', 'cub200', 'imagenet', 'imagenet_v2', 'stanford_dogs'\]"
+    choices = r"valid choices are \['coco2014', 'cub200', 'imagenet', 'imagenet_v2', 'stanford_dogs'\]"
     with pytest.raises(ValueError, match=choices):
         build_dataset("imagenet1k", shapes_tiny, "train")
-    with pytest.raises(ValueError, match="split='validation'.*choices"):
+    with pytest.raises(ValueError, match="split='validation' is not valid; valid choices are"):
         build_dataset("imagenet", shapes_tiny / "imagenet", "validation")
     with pytest.raises(ValueError, match="only for kind='imagenet_v2'"):
         build_dataset("imagenet", shapes_tiny / "imagenet", "val", variant="top-images")

@@ -1,19 +1,16 @@
-"""WS-DAN / ASL trainer tasks, their schedules, optimizers and transforms (spec 06 §1.10, §2.2)."""
+"""WS-DAN / ASL trainer tasks, their schedules and optimizers (their transforms: tests/test_data_pipeline.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from tdam.train.engine import EvalContext
 from tdam.transfer.asl import asymmetric_loss, mean_average_precision, multilabel_prf
 from tdam.transfer.models import build_asl_model, build_wsdan, load_wsdan
 from tdam.transfer.schedule import OneCycleSchedule
 from tdam.transfer.tasks import ASLTask, WSDANTask
-from tdam.transfer.transforms import CutoutPIL, asl_transform, wsdan_transform
 from tdam.transfer.wsdan import attention_crop
 from helpers import TinyBackbone
 
@@ -137,26 +134,3 @@ def test_asl_onecycle_hook_uses_optimizer_lr_and_rejects_overlong_runs():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="past the OneCycle"):
         task.build_scheduler(opt, type("C", (), {"epochs": 81})(), 10)
-
-
-def test_cutout_pil_rectangle():
-    torch.manual_seed(0)
-    img = Image.new("RGB", (40, 40), (0, 0, 0))
-    out = torch.tensor(np.array(CutoutPIL(0.5)(img))).float()
-    filled = (out != 0).any(-1)
-    rows, cols = filled.any(1).nonzero().flatten(), filled.any(0).nonzero().flatten()
-    # a 20 x 20 cutout: y_c +- 10 (inclusive corners), clipped to the image
-    assert rows.numel() <= 21 and cols.numel() <= 21 and rows.numel() >= 11 and cols.numel() >= 11
-    assert filled.sum() == rows.numel() * cols.numel()  # one axis-aligned rectangle
-    assert img.getpixel((0, 0)) == (0, 0, 0)  # the input is not modified
-
-
-def test_transforms_shapes_and_normalisation():
-    img = Image.new("RGB", (70, 50), (124, 116, 104))  # ~ the ImageNet mean colour
-    for split in ("train", "val"):
-        x = wsdan_transform(split, 32)(img)
-        assert x.shape == (3, 32, 32)
-        assert asl_transform(split, 32)(img).shape == (3, 32, 32)
-    assert wsdan_transform("val", 32)(img).abs().max() < 0.05
-    with pytest.raises(ValueError, match="split"):
-        wsdan_transform("test", 32)

@@ -1,5 +1,5 @@
 """tdam.data: the embedded "tdam-shapes" datasets, readers for the real datasets' on-disk formats, transforms and
-loaders (spec 07-data.md).
+the bad-image counting loader.
 
 Generator
     ``make_shapes_dataset(root=None, *, seed=0, size='default'|'tiny') -> Path`` writes ImageNet / ImageNetV2 /
@@ -25,14 +25,13 @@ Errors
     A missing root / wrong layout / missing annotation file raises :class:`DatasetLayoutError` (a FileNotFoundError
     and ValueError) naming the path and printing the expected layout. An undecodable image raises
     :class:`BadImageError` (an OSError) naming the file; with ``on_bad_image='skip'`` the dataset returns a falsy
-    :class:`BadSample` instead, the loader from :func:`build_loader` drops it, counts it in ``loader.bad_images`` for
-    the epoch and logs a warning at the epoch's end.
+    :class:`BadSample` instead; a :class:`CountingDataLoader` with ``collate_fn=collate_drop_bad`` drops it, counts
+    it in ``loader.bad_images`` for the epoch and logs a warning at the epoch's end.
 Boxes through the eval geometry
-    ``map_boxes(boxes, orig_size, resize, crop)``, ``eval_geometry(img_size, crop_pct=..., preset=...)``,
-    ``geometry_from_transform(transform)``.
-Transforms and loaders
-    ``build_transform(train, img_size=224, *, preset='imagenet'|'wsdan'|'asl', crop_pct=0.875, ...)``,
-    ``build_loader(dataset, *, batch_size, train, num_workers=None, distributed=False, seed=0, drop_last=None)``.
+    ``map_boxes(boxes, orig_size, resize, crop)``, ``eval_geometry(img_size, crop_pct=..., preset=...)``.
+Transforms
+    ``build_transform(train, img_size=224, *, preset='imagenet'|'wsdan'|'asl', crop_pct=0.875, ...)``: the ImageNet
+    recipe, WS-DAN's and ASL's.
 """
 from __future__ import annotations
 
@@ -40,23 +39,23 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from tdam.validation import check_choice
+
 from .base import BadSample, ImageDataset
-from .boxes import Geometry, eval_geometry, geometry_from_transform, map_boxes
+from .boxes import Geometry, eval_geometry, map_boxes
 from .coco import COCO2014Dataset
 from .errors import BadImageError, DatasetLayoutError
 from .finegrained import CUB200Dataset, StanfordDogsDataset
 from .imagenet import IMAGENET_V2_VARIANTS, ImageNetDataset, ImageNetV2Dataset
-from .loader import CountingDataLoader, build_loader, collate_drop_bad
+from .loader import CountingDataLoader, collate_drop_bad
 from .shapes import MARKER, load_manifest, make_shapes_dataset
 from .transforms import PRESETS, build_transform
 
 __all__ = [
-    "dataset_root",
-    "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS", "build_transform", "build_loader",
-    "map_boxes", "eval_geometry", "geometry_from_transform", "Geometry", "DatasetLayoutError", "BadImageError",
+    "dataset_root", "shapes_root", "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS",
+    "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
     "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
-    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "PRESETS",
-    "shapes_root",
+    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS",
 ]
 
 DATASETS: dict[str, type[ImageDataset]] = {
@@ -77,8 +76,7 @@ def build_dataset(kind: str, root: str | os.PathLike, split: str, transform: Cal
     """Open dataset ``kind`` at its root (see the module docstring table). ``variant`` is for ``imagenet_v2``
     only; ``options`` go to the reader (e.g. ``boxes_dir`` for imagenet, ``include_unlabeled`` for coco2014,
     ``num_classes`` for imagenet_v2, ``target_transform``)."""
-    if kind not in DATASETS:
-        raise ValueError(f"kind={kind!r} is not valid; choices: {sorted(DATASETS)}")
+    check_choice("kind", kind, sorted(DATASETS))
     if (Path(root) / MARKER).is_file():
         raise DatasetLayoutError(f"{root} is a whole tdam-shapes folder, not a {kind} dataset root; pass "
                                  f"{shapes_root(root, kind)} (tdam.data.shapes_root(root, {kind!r}))")
@@ -99,6 +97,5 @@ def dataset_root(kind: str, data_dir: str | os.PathLike | None = None, *, size: 
 
 def shapes_root(shapes: str | os.PathLike, kind: str) -> str:
     """The dataset root of ``kind`` inside a tdam-shapes folder (e.g. ``<shapes>/cub200/CUB_200_2011``)."""
-    if kind not in _SHAPES_SUBDIR:
-        raise ValueError(f"kind={kind!r} is not valid; choices: {sorted(_SHAPES_SUBDIR)}")
+    check_choice("kind", kind, sorted(_SHAPES_SUBDIR))
     return os.path.join(os.fspath(shapes), _SHAPES_SUBDIR[kind])

@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from tdam.validation import check_choice
+
 from .errors import BadImageError, DatasetLayoutError, layout_error
 
 __all__ = ["BadSample", "ImageDataset", "IMG_EXTENSIONS", "BAD_IMAGE_CHOICES", "load_rgb", "parse_voc_xml",
@@ -88,8 +90,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None, *,
                  on_bad_image: str = "raise", target_transform: Callable | None = None) -> None:
-        if on_bad_image not in BAD_IMAGE_CHOICES:
-            raise ValueError(f"on_bad_image={on_bad_image!r} is not valid; choices: {BAD_IMAGE_CHOICES}")
+        check_choice("on_bad_image", on_bad_image, BAD_IMAGE_CHOICES)
         self.root = Path(root).expanduser()
         self.split = split
         self.transform = transform
@@ -114,8 +115,7 @@ class ImageDataset(Dataset):
 
     @staticmethod
     def _split(split: str, choices: dict[str, str], kind: str) -> str:
-        if split not in choices:
-            raise ValueError(f"{kind}: split={split!r} is not valid; choices: {sorted(choices)}")
+        check_choice(f"{kind}: split", split, sorted(choices))
         return choices[split]
 
     # ------------------------------------------------------------------ Dataset API

@@ -15,7 +15,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["Geometry", "map_boxes", "resized_size", "crop_offset", "eval_geometry", "geometry_from_transform"]
+from tdam.validation import check_choice
+
+__all__ = ["Geometry", "map_boxes", "resized_size", "crop_offset", "eval_geometry"]
 
 IntOrPair = int | tuple[int, int]
 
@@ -101,8 +103,7 @@ def eval_geometry(img_size: int = 224, *, crop_pct: float = 0.875, preset: str =
     'asl' -> Resize((img_size, img_size)) squash, no crop."""
     from .transforms import PRESETS
 
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not valid; choices: {PRESETS}")
+    check_choice("preset", preset, PRESETS)
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
     if preset == "imagenet":
@@ -111,26 +112,3 @@ def eval_geometry(img_size: int = 224, *, crop_pct: float = 0.875, preset: str =
         s = int(img_size / crop_pct)
         return Geometry(resize=(s, s), crop=img_size)
     return Geometry(resize=(img_size, img_size), crop=None)
-
-
-def geometry_from_transform(transform) -> Geometry:
-    """Read the Resize / CenterCrop geometry out of a (torchvision ``Compose``) eval transform."""
-    from torchvision import transforms as T
-
-    resize, crop = None, None
-    for t in getattr(transform, "transforms", [transform]):
-        if isinstance(t, T.Resize):
-            if resize is not None or crop is not None:
-                raise ValueError(f"unsupported eval transform geometry (Resize after Resize/CenterCrop): {transform}")
-            s = t.size
-            resize = int(s) if isinstance(s, int) else (int(s[0]) if len(s) == 1 else (int(s[0]), int(s[1])))
-        elif isinstance(t, T.CenterCrop):
-            if crop is not None:
-                raise ValueError(f"unsupported eval transform geometry (two CenterCrops): {transform}")
-            crop = _pair(t.size)
-            crop = crop[0] if crop[0] == crop[1] else crop
-        elif isinstance(t, (T.RandomResizedCrop, T.RandomCrop)):
-            raise ValueError(f"{type(t).__name__} is random: boxes can only be mapped through an eval transform")
-    if resize is None:
-        raise ValueError(f"no Resize in the transform {transform}; cannot tell its geometry")
-    return Geometry(resize=resize, crop=crop)

@@ -1,4 +1,4 @@
-"""MS-COCO 2014 multi-label reader (spec 07 §3f, 06-transfer.md §2).
+"""MS-COCO 2014 multi-label reader (the ASL transfer experiment's dataset).
 
 Targets are float multi-hot vectors over the JSON's categories mapped by ASCENDING category id (ASL's ``cat2cat``;
 80 entries for real COCO, never ``id - 1``). Following the multi-label benchmark convention (pycocotools' imgToAnns),

@@ -1,4 +1,4 @@
-"""Readers for the fine-grained transfer datasets: CUB-200-2011 and Stanford Dogs (spec 07 §3d-3e).
+"""Readers for the fine-grained transfer datasets: CUB-200-2011 and Stanford Dogs.
 
 Both have one held-out set: ``split`` in {'train', 'test'} with 'val' accepted as an alias of 'test'.
 """

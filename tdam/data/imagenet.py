@@ -1,4 +1,4 @@
-"""Readers for ImageNet ILSVRC-2012 (class-subfolder layout + ILSVRC val XML boxes) and ImageNetV2 (spec 07 §3a-3c).
+"""Readers for ImageNet ILSVRC-2012 (class-subfolder layout + ILSVRC val XML boxes) and ImageNetV2.
 
 * Labels follow the torchvision/timm convention: index i = the i-th wnid in SORTED order (ImageFolder's). The class
   list comes from ``train/`` when it exists (so val labels agree with train's even if a val folder is missing).
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from tdam.validation import check_choice
 
 from .base import ImageDataset, boxes_tensor, list_images, parse_voc_xml
 from .errors import layout_error
@@ -133,8 +135,8 @@ class ImageNetV2Dataset(ImageDataset):
                  target_transform: Callable | None = None) -> None:
         split = self._split(split, {"test": "test", "val": "test"}, self.kind)
         super().__init__(root, split, transform, on_bad_image=on_bad_image, target_transform=target_transform)
-        if variant is not None and variant not in IMAGENET_V2_VARIANTS:
-            raise ValueError(f"imagenet_v2: variant={variant!r} is not valid; choices: {list(IMAGENET_V2_VARIANTS)}")
+        if variant is not None:
+            check_choice("imagenet_v2: variant", variant, IMAGENET_V2_VARIANTS)
         self._check_root()
         numeric = re.compile(r"^\d+$")
 

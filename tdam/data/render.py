@@ -1,4 +1,4 @@
-"""Vectorised procedural drawing for the embedded "tdam-shapes" datasets (spec 07 §7.1).
+"""Vectorised procedural drawing for the embedded "tdam-shapes" datasets.
 
 Everything here works on a *batch* of images at once: a float32 canvas ``(n, S, S, 3)`` in [0, 1] and per-image
 parameter vectors of length ``n``; masks are computed by broadcasting against one pixel-centre grid, so there is no
@@ -12,6 +12,8 @@ image's own ``(W, H)``.
 from __future__ import annotations
 
 import numpy as np
+
+from tdam.validation import check_choice
 
 __all__ = [
     "CANVAS", "SHAPES", "TEXTURES", "COLOUR_FAMILIES", "hsv_to_rgb", "render_background", "draw_shapes",
@@ -139,6 +141,7 @@ def render_background(rng: np.random.Generator, n: int, *, clutter: int = 10, va
 
 # ----------------------------------------------------------------------------------------------------- shapes
 def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    check_choice("shape", kind, SHAPES)
     if kind == "disk":
         return u * u + v * v <= 1.0
     if kind == "square":
@@ -153,14 +156,13 @@ def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if kind == "cross":
         au, av = np.abs(u), np.abs(v)
         return ((au <= 0.3) & (av <= 0.95)) | ((av <= 0.3) & (au <= 0.95))
-    if kind == "ring":
-        d = u * u + v * v
-        return (d <= 1.0) & (d >= 0.5 * 0.5)
-    raise ValueError(f"unknown shape {kind!r}; choices: {SHAPES}")
+    d = u * u + v * v  # ring
+    return (d <= 1.0) & (d >= 0.5 * 0.5)
 
 
 def _texture(kind: str, u: np.ndarray, v: np.ndarray, freq: np.ndarray) -> np.ndarray:
     """Boolean (n, S, S): True where the second (dark) texture colour is used."""
+    check_choice("texture", kind, TEXTURES)
     f = _col(freq)
     if kind == "solid":
         return np.zeros(u.shape, dtype=bool)
@@ -168,10 +170,8 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, freq: np.ndarray) -> np.nd
         return (np.floor(u * f) % 2) == 0
     if kind == "checker":
         return ((np.floor(u * f) + np.floor(v * f)) % 2) == 0
-    if kind == "dots":
-        fu, fv = u * f - np.floor(u * f) - 0.5, v * f - np.floor(v * f) - 0.5
-        return fu * fu + fv * fv < 0.09
-    raise ValueError(f"unknown texture {kind!r}; choices: {TEXTURES}")
+    fu, fv = u * f - np.floor(u * f) - 0.5, v * f - np.floor(v * f) - 0.5  # dots
+    return fu * fu + fv * fv < 0.09
 
 
 def draw_shapes(canvas: np.ndarray, idx: np.ndarray, shape: np.ndarray, texture: np.ndarray, colour: np.ndarray,

@@ -1,4 +1,4 @@
-"""The embedded "tdam-shapes" dataset generator (spec 07 §7.1): small datasets written ON DISK IN THE REAL FORMATS.
+"""The embedded "tdam-shapes" dataset generator: small datasets written ON DISK IN THE REAL FORMATS.
 
 ``make_shapes_dataset(root, seed=0, size='default')`` writes, under ``root``:
 
@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tdam.validation import check_choice
 
 from . import render as R
 
@@ -526,8 +528,7 @@ def make_shapes_dataset(root: str | os.PathLike | None = None, *, seed: int = 0,
     dataset (marker present, same generator version/seed/size) is reused; a different one at ``root`` raises
     ``ValueError``; a non-empty folder without the marker is never touched (``FileExistsError``).
     """
-    if size not in SIZES:
-        raise ValueError(f"size={size!r} is not valid; choices: {sorted(SIZES)}")
+    check_choice("size", size, sorted(SIZES))
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if root is None:

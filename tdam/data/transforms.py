@@ -1,22 +1,26 @@
-"""Image transforms per recipe (04-training.md §4.1, 06-transfer.md §1.10 and §2.2), as named presets.
+"""Image transforms of the three recipes, as named presets of :func:`build_transform`.
 
-* ``'imagenet'`` (timm's ``create_transform``): train = RandomResizedCrop(img_size, scale=(0.08, 1)) + horizontal
-  flip 0.5 (+ RandAugment via ``auto_augment='rand-m9-mstd0.5-inc1'``, + RandomErasing ``re_prob`` 'pixel' mode, +
-  optional colour jitter; none by default, as the paper's ResNet recipe) + ImageNet normalisation;
-  eval = Resize(floor(img_size / crop_pct)) on the shorter side (bilinear) + CentreCrop(img_size): 256 -> 224 at the
-  default, and the test-resolution variants res / 0.875 -> res for any ``img_size``.
-* ``'wsdan'`` (WS-DAN ``utils.get_transform`` generalised from 448): train = Resize((s, s)) with
-  s = int(img_size / crop_pct) (aspect ignored; 448 -> 512) + RandomCrop(img_size) + flip + ColorJitter(brightness=
-  0.126, saturation=0.5) + normalise; eval = Resize((s, s)) + CenterCrop(img_size) + normalise.
-* ``'asl'`` (ASL's COCO recipe): train = Resize((img_size, img_size)) squash + CutoutPIL(0.5) + RandAugment
-  (torchvision's, standing in for the unmaintained PyPI ``randaugment``); eval = Resize((img_size, img_size)).
-  ASL feeds [0, 1] tensors to TResNet; our timm/torchvision backbones need ImageNet normalisation, which is applied
-  unless ``normalize=False``.
+* ``'imagenet'`` (timm's ``create_transform``; ImageNet training and evaluation): train = RandomResizedCrop(img_size,
+  scale=(0.08, 1)) + horizontal flip 0.5 (+ RandAugment via ``auto_augment='rand-m9-mstd0.5-inc1'``, + RandomErasing
+  ``re_prob`` 'pixel' mode, + optional colour jitter; none by default, as the paper's ResNet recipe) + ImageNet
+  normalisation; eval = Resize(floor(img_size / crop_pct)) on the shorter side (bilinear) + CentreCrop(img_size):
+  256 -> 224 at the default, and the test-resolution variants res / 0.875 -> res for any ``img_size``.
+* ``'wsdan'`` (WS-DAN's ``utils.get_transform`` generalised from 448; fine-grained transfer): train = Resize((s, s))
+  with s = int(img_size / crop_pct) (aspect ignored; 448 -> 512) + RandomCrop(img_size) + flip + ColorJitter(
+  brightness=0.126, saturation=0.5) + normalise; eval = Resize((s, s)) + CenterCrop(img_size) + normalise.
+* ``'asl'`` (ASL's COCO recipe; multi-label transfer): train = Resize((img_size, img_size)) squash + CutoutPIL(0.5) +
+  RandAugment (torchvision's, 2 ops, magnitude 9, standing in for the PyPI ``randaugment`` package of the original,
+  which does not work with numpy >= 1.24); eval = Resize((img_size, img_size)). ASL feeds [0, 1] tensors to TResNet;
+  our timm/torchvision backbones were trained on normalised inputs, so ImageNet normalisation is applied unless
+  ``normalize=False``.
 """
 from __future__ import annotations
 
-import random
 from typing import Sequence
+
+import torch
+
+from tdam.validation import check_choice, check_int, check_number
 
 __all__ = ["build_transform", "CutoutPIL", "PRESETS", "INTERPOLATIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -28,22 +32,26 @@ _TRAIN_WORDS = {"train": True, "val": False, "eval": False, "test": False}
 
 
 class CutoutPIL:
-    """ASL's CutoutPIL: one rectangle of round(f*w) x round(f*h) (each side halved around a uniform random centre,
-    clipped to the image) filled with a uniform random RGB colour, applied to every image."""
+    """ASL's CutoutPIL: one rectangle of int(f*size + 0.5) per side, centred at a uniform random pixel, clipped to the
+    image, filled with a uniform random RGB colour (ImageDraw's inclusive corners). Draws from torch's RNG, like the
+    RandAugment after it, so one generator (seeded per DataLoader worker by torch) drives the whole pipeline."""
 
     def __init__(self, cutout_factor: float = 0.5) -> None:
+        if not 0.0 < cutout_factor <= 1.0:
+            raise ValueError(f"cutout_factor must be in (0, 1], got {cutout_factor}")
         self.cutout_factor = cutout_factor
 
     def __call__(self, img):
         from PIL import ImageDraw
 
-        w, h = img.size
-        hc, wc = int(self.cutout_factor * h + 0.5), int(self.cutout_factor * w + 0.5)
-        yc, xc = random.randrange(h), random.randrange(w)
-        y1, y2 = min(max(yc - hc // 2, 0), h), min(max(yc + hc // 2, 0), h)
-        x1, x2 = min(max(xc - wc // 2, 0), w), min(max(xc + wc // 2, 0), w)
         img = img.copy()
-        ImageDraw.Draw(img).rectangle([x1, y1, x2, y2], fill=tuple(random.randint(0, 255) for _ in range(3)))
+        w, h = img.size
+        h_cut, w_cut = int(self.cutout_factor * h + 0.5), int(self.cutout_factor * w + 0.5)
+        y_c, x_c = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y1, y2 = min(max(y_c - h_cut // 2, 0), h), min(max(y_c + h_cut // 2, 0), h)
+        x1, x2 = min(max(x_c - w_cut // 2, 0), w), min(max(x_c + w_cut // 2, 0), w)
+        fill = tuple(int(v) for v in torch.randint(0, 256, (3,)))
+        ImageDraw.Draw(img).rectangle([x1, y1, x2, y2], fill=fill)
         return img
 
     def __repr__(self) -> str:
@@ -51,14 +59,15 @@ class CutoutPIL:
 
 
 def _as_train(train, kind) -> bool:
-    value = kind if train is None else train
     if kind is not None and train is not None:
         raise ValueError("pass either train or kind, not both")
+    value = kind if train is None else train
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value in _TRAIN_WORDS:
-        return _TRAIN_WORDS[value]
-    raise ValueError(f"train={value!r} is not valid; choices: True, False, {sorted(_TRAIN_WORDS)}")
+    if not isinstance(value, str):  # 0 / 1 would compare equal to False / True
+        raise ValueError(f"train={value!r}: expected True, False or one of {list(_TRAIN_WORDS)}")
+    check_choice("train", value, [True, False, *_TRAIN_WORDS])
+    return _TRAIN_WORDS[value]
 
 
 def build_transform(train: bool | str | None = None, img_size: int = 224, *, kind: str | None = None,
@@ -74,16 +83,13 @@ def build_transform(train: bool | str | None = None, img_size: int = 224, *, kin
     is a timm RandAugment / AutoAugment string for 'imagenet' (e.g. ``'rand-m9-mstd0.5-inc1'``); for 'asl' any
     non-empty value other than ``'none'`` keeps torchvision's RandAugment (on by default there)."""
     is_train = _as_train(train, kind)
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not valid; choices: {PRESETS}")
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation={interpolation!r} is not valid; choices: {INTERPOLATIONS}")
-    if not isinstance(img_size, int) or img_size <= 0:
-        raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+    check_choice("preset", preset, PRESETS)
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    check_int("img_size", img_size, 1)
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    if not 0 <= hflip <= 1 or not 0 <= re_prob <= 1:
-        raise ValueError(f"hflip and re_prob are probabilities in [0, 1], got {hflip}, {re_prob}")
+    check_number("hflip", hflip, 0, 1)
+    check_number("re_prob", re_prob, 0, 1)
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 

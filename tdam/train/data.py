@@ -62,11 +62,11 @@ def build_loaders(cfg: TrainConfig, train_set: Any, val_set: Any, dist: DistInfo
                   persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
                   collate_fn=partial(collate_drop_bad, collate=default_collate))
     train_loader = CountingDataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                      generator=torch.Generator().manual_seed(cfg.seed + dist.rank), seed=cfg.seed,
+                                      generator=torch.Generator().manual_seed(cfg.seed + dist.rank),
                                       **common)
     val_loader = CountingDataLoader(val_set, batch_size=cfg.batch_size,
                                     sampler=ShardSampler(val_set, num_replicas=dist.world_size, rank=dist.rank),
-                                    generator=torch.Generator().manual_seed(cfg.seed), seed=cfg.seed, **common)
+                                    generator=torch.Generator().manual_seed(cfg.seed), **common)
     return train_loader, val_loader, sampler
 
 

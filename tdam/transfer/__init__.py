@@ -16,7 +16,6 @@ from tdam.transfer.report import (TransferResult, crop_drop_examples, crop_drop_
 from tdam.transfer.run import TransferConfig, build_task, build_transfer_datasets, load_transfer_config, run_transfer
 from tdam.transfer.schedule import OneCycleSchedule
 from tdam.transfer.tasks import ASLTask, WSDANTask
-from tdam.transfer.transforms import CutoutPIL, asl_transform, wsdan_transform
 from tdam.transfer.wsdan import (WSDAN, WSDANOutput, attention_crop, attention_crop_boxes, attention_drop,
                                  bilinear_attention_pooling, center_loss, sample_attention_maps,
                                  update_feature_centers, wsdan_refined_logits, wsdan_training_loss)
@@ -29,5 +28,5 @@ __all__ = [
     "load_wsdan", "TransferConfig", "load_transfer_config", "build_transfer_datasets", "build_task", "run_transfer",
     "TransferResult", "ensure_transfer_run", "results_table", "setup_table", "dataset_summary", "save_results",
     "crop_drop_examples",
-    "crop_drop_figure", "crop_drop_figures", "TransferNotebookParams", "CutoutPIL", "wsdan_transform", "asl_transform",
+    "crop_drop_figure", "crop_drop_figures", "TransferNotebookParams",
 ]

@@ -213,7 +213,7 @@ def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name:
     import torch.nn.functional as F
 
     from tdam.paths import figures_dir
-    from tdam.transfer.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from tdam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if result.config.task != "wsdan":
         raise ValueError("crop/drop examples need a WS-DAN run")

@@ -166,14 +166,12 @@ def transfer_data_root(tcfg: TransferConfig) -> Path:
 
 
 def build_transfer_datasets(tcfg: TransferConfig) -> tuple[Any, Any]:
-    """(train, val) through the real readers, with WS-DAN's or ASL's transforms at ``img_size``."""
-    from tdam.data import build_dataset
-    from tdam.transfer.transforms import asl_transform, wsdan_transform
+    """(train, val) through the real readers, with the task's transform preset ('wsdan' or 'asl') at ``img_size``."""
+    from tdam.data import build_dataset, build_transform
 
-    make = wsdan_transform if tcfg.task == "wsdan" else asl_transform
     root, size = transfer_data_root(tcfg), tcfg.train.img_size
-    return (build_dataset(tcfg.dataset, root, "train", transform=make("train", size)),
-            build_dataset(tcfg.dataset, root, "val", transform=make("val", size)))
+    return (build_dataset(tcfg.dataset, root, "train", transform=build_transform("train", size, preset=tcfg.task)),
+            build_dataset(tcfg.dataset, root, "val", transform=build_transform("val", size, preset=tcfg.task)))
 
 
 def build_task(tcfg: TransferConfig):
