@@ -1,4 +1,4 @@
-"""One-pass TD evaluation (spec 05 §5.1) on real tdam models against direct computations."""
+"""One-pass TD evaluation on real tdam models against direct computations."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,9 +6,11 @@ import torch
 from test_eval_unique_box import ref_unique_box
 
 import tdam
-from tdam.evaluation import boxes_from_maps, evaluate, step_outputs
-from tdam.evaluation.classification import accuracy_vs_steps, batch_metrics, gap_fc_weight, is_td_model
-from tdam.evaluation.unique_box import topk_correct
+from tdam.cam import boxes_from_maps, gap_fc_weight, step_maps as step_outputs
+from tdam.evaluation import evaluate
+from tdam.evaluation.classification import accuracy_vs_steps, batch_metrics
+from tdam.models import is_td_model
+from tdam.metrics import topk_correct
 
 
 def _batches(n_batches=3, bs=6, size=64, n_cls=12, seed=0):
