@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 import tdam  # noqa: E402
 from tdam.evaluation import evaluate  # noqa: E402
-from tdam.cam import step_maps as step_outputs  # noqa: E402
+from tdam.cam import step_maps  # noqa: E402
 from tdam.evaluation.cost import device_name  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     def steps_only():
         with torch.no_grad():
             for x, _ in data:
-                step_outputs(model, x.to(device), maps=False)
+                step_maps(model, x.to(device), maps=False)
 
     t = _timed({"plain": lambda: evaluate(model, data, td_metrics=False, **kw), "steps": steps_only,
                 "three": lambda: evaluate(model, data, td_metrics=True, **kw)}, device, a.warmup, a.repeats)
