@@ -1,4 +1,4 @@
-"""Cost of the TD evaluation metrics (spec 05 §5.1) against plain top-k evaluation of the same model, same run.
+"""Cost of the TD evaluation metrics against plain top-k evaluation of the same model, same run.
 
 Times, on synthetic batches (evaluation cost does not depend on the data):
   plain      evaluate(..., td_metrics=False): top-k of model(x) (`last` only);
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 import tdam  # noqa: E402
 from tdam.evaluation import evaluate  # noqa: E402
-from tdam.evaluation.classification import step_outputs  # noqa: E402
-from tdam.evaluation.tables import device_name  # noqa: E402
+from tdam.cam import step_maps  # noqa: E402
+from tdam.evaluation.cost import device_name  # noqa: E402
 
 
 def _timed(fns: dict, device, warmup, repeats) -> dict:
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     def steps_only():
         with torch.no_grad():
             for x, _ in data:
-                step_outputs(model, x.to(device), maps=False)
+                step_maps(model, x.to(device), maps=False)
 
     t = _timed({"plain": lambda: evaluate(model, data, td_metrics=False, **kw), "steps": steps_only,
                 "three": lambda: evaluate(model, data, td_metrics=True, **kw)}, device, a.warmup, a.repeats)

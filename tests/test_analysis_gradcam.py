@@ -1,4 +1,4 @@
-"""Grad-CAM (spec 05 §5.3): equals CAM on GAP+FC ResNets, runs on MobileNetV3, per computation step for TD models."""
+"""Grad-CAM: equals CAM on GAP+FC ResNets, runs on MobileNetV3, per computation step for TD models."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from timm.models import create_model
 from torch import nn
 
-from tdam.analysis.gradcam import capture_output, grad_cam, grad_cam_steps, step_features
+from tdam.cam import capture_output, grad_cam, grad_cam_steps, step_features
 
 
 @pytest.fixture(scope="module")

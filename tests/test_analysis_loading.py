@@ -1,13 +1,11 @@
-"""Checkpoint -> model + evaluation data for the analysis notebooks, and their parameter validation."""
+"""Checkpoint -> model + evaluation data for notebooks 05, 06, 09, and their parameter validation."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tdam.analysis import (
-    AttentionShiftParams,
-    LocalizationParams,
-    SelectivityParams,
+import tdam.notebook as nb
+from tdam.evaluation.data import (
     choose_images,
     crop_boxes,
     crop_objects,
@@ -25,7 +23,7 @@ def checkpoint(tmp_path_factory, shapes_tiny):
     from tdam.checkpoint import save_checkpoint
     from tdam.train.config import TrainConfig
 
-    cfg = TrainConfig(backbone="resnet18", attention="td", img_size=64, data_size="tiny", num_classes=12, epochs=1)
+    cfg = TrainConfig(img_size=64, data_size="tiny", num_classes=12, epochs=1)
     torch.manual_seed(0)
     model = create_model("resnet18", attention="td", num_classes=12)
     path = tmp_path_factory.mktemp("ckpt") / "td.pth"
@@ -94,35 +92,41 @@ def test_localization_batches(run):
 
 
 def test_params_validation():
-    p = AttentionShiftParams()
+    p = nb.parameters("05_attention_shift")
     assert p.backbone == "resnet18" and p.num_images == 4 and p.as_dict()["two_objects"] is True
+    assert p.td_checkpoint is None  # '' in the parameters cell: not given
     with pytest.raises(ValueError, match="backbone='vgg'.*choices"):
-        AttentionShiftParams(backbone="vgg")
-    with pytest.raises(ValueError, match="no such checkpoint"):
-        LocalizationParams(td_checkpoint="/nonexistent.pth")
+        nb.parameters("05_attention_shift", backbone="vgg")
+    with pytest.raises(ValueError, match="no such file"):
+        nb.parameters("06_weak_localization", td_checkpoint="/nonexistent.pth")
     with pytest.raises(ValueError, match="split"):
-        LocalizationParams(split="test2")
+        nb.parameters("06_weak_localization", split="test2")
     with pytest.raises(ValueError, match="num_figure_images"):
-        LocalizationParams(num_figure_images=0)
+        nb.parameters("06_weak_localization", num_figure_images=0)
     with pytest.raises(ValueError, match="choices"):
-        SelectivityParams(backbone="convnext_tiny")  # selectivity blocks are ResNet blocks
+        nb.parameters("09_feature_selectivity", backbone="convnext_tiny")  # selectivity blocks are ResNet blocks
     with pytest.raises(ValueError, match="block 1 changes the size"):
-        SelectivityParams(layer4_blocks=[1])
+        nb.parameters("09_feature_selectivity", layer4_blocks=[1])
     with pytest.raises(ValueError, match="image_indices"):
-        AttentionShiftParams(image_indices=[-1])
+        nb.parameters("05_attention_shift", image_indices=[-1])
+    with pytest.raises(ValueError, match="has no parameters \\['t'\\]"):
+        nb.parameters("05_attention_shift", t=3)
+    assert nb.parameters("06_weak_localization", max_images=0).max_images is None  # 0 and None: every image
 
 
 def test_selectivity_block_choice():
     from tdam import create_model
+    from tdam.evaluation.selectivity import selectivity_blocks
 
-    p = SelectivityParams(backbone="resnet34", layer3_blocks=[2, 4])
     model = create_model("resnet34", num_classes=3)
-    assert p.blocks(model) == {4: [1, 2], 3: [1, 3]}
-    assert SelectivityParams(backbone="resnet34").blocks(model) == {4: [1, 2], 3: [1, 2, 3, 4, 5]}
+    assert selectivity_blocks(model, [], [2, 4]) == {4: [1, 2], 3: [1, 3]}
+    assert selectivity_blocks(model) == {4: [1, 2], 3: [1, 2, 3, 4, 5]}
 
 
 def test_attention_shift_tables(run):
-    from tdam.analysis import grad_cam_steps, load_images, object_rates, steps_table, two_object_targets
+    from tdam.cam import grad_cam_steps
+    from tdam.evaluation.attention_shift import object_rates, steps_table, two_object_targets
+    from tdam.evaluation.data import load_images
 
     two = two_object_indices(run)[:3]
     t = two_object_targets(run, two)

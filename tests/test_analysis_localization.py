@@ -1,14 +1,14 @@
-"""Weakly-supervised localisation metrics (spec 05 §5.4) on synthetic predictions with hand-counted answers."""
+"""Weakly-supervised localisation metrics on synthetic predictions with hand-counted answers."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from tdam.analysis.localization import (
+from tdam.evaluation.localization import localize_batch
+from tdam.metrics import (
     StepLocalization,
     localization_hits,
-    localize_batch,
     max_iou,
     pad_boxes,
     unique_box_localization_hits,
@@ -128,7 +128,7 @@ class _BlobSteps(_BlobNet):
 
 
 def test_evaluate_localization_rows_over_steps():
-    from tdam.analysis.localization import evaluate_localization
+    from tdam.evaluation.localization import evaluate_localization
 
     x = torch.zeros(2, 4, 16, 16)
     # image 0, label 0: step 1 finds class 0 on the object, step 2 switches to class 1 somewhere else

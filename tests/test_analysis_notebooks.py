@@ -34,7 +34,7 @@ def test_notebook_is_clean_and_thin(name):
     from papermill.translators import PythonTranslator
 
     assert len(PythonTranslator.inspect(code[0])) == len(params.body), "papermill must see every parameter"
-    assert "Params(" in code[1].source, "the cell after the parameters validates them"
+    assert 'nb.parameters("' in code[1].source, "the cell after the parameters validates them"
     for c in code:
         tree = ast.parse(c.source)
         assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda)) for n in ast.walk(tree))

@@ -5,9 +5,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from tdam.analysis.gradcam import CamResult
-from tdam.analysis.plots import attention_shift_figure, entropy_histograms, to_display
-from tdam.analysis.selectivity import BlockSelectivity
+from tdam.cam import CamResult
+from tdam.evaluation.figures import attention_shift_figure, entropy_histograms, to_display
+from tdam.evaluation.selectivity import BlockSelectivity
 
 
 def _cam(n: int, pred: int) -> CamResult:

@@ -1,4 +1,4 @@
-"""Feature selectivity (spec 05 §5.6) against direct double-loop references written here."""
+"""Feature selectivity against direct double-loop references written here."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from tdam.analysis.selectivity import (
-    collect_selectivity,
-    default_selectivity_blocks,
+from tdam.evaluation.selectivity import collect_selectivity, default_selectivity_blocks
+from tdam.metrics.selectivity import (
     input_entropy,
     minmax_spatial,
     output_entropy,
@@ -142,7 +141,8 @@ def test_collect_matches_direct_computation():
 def test_table3_layout_and_paper_columns():
     import pandas as pd
 
-    from tdam.analysis.selectivity import paper_table3_column, selectivity_table, table3_beside_paper
+    from tdam.evaluation.selectivity import selectivity_table
+    from tdam.reference import paper_table3_column, table3_beside_paper
 
     torch.manual_seed(0)
     m = _TinyResNet().eval()

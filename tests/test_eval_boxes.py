@@ -1,11 +1,12 @@
-"""Box rule (spec 05 §5.3), inclusive IoU and CAM/Grad-CAM maps against direct reference computations."""
+"""Box rule of the supplement, inclusive IoU and CAM/Grad-CAM maps against direct reference computations."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from tdam.evaluation.boxes import box_iou_inclusive, boxes_from_maps, cam_maps, gradcam_maps
+from tdam.cam import boxes_from_maps, cam_maps, gradcam_maps
+from tdam.metrics import box_iou_inclusive
 from helpers import ref_iou
 
 

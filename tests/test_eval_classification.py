@@ -1,4 +1,4 @@
-"""One-pass TD evaluation (spec 05 §5.1) on real tdam models against direct computations."""
+"""One-pass TD evaluation on real tdam models against direct computations."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,9 +6,11 @@ import torch
 from test_eval_unique_box import ref_unique_box
 
 import tdam
-from tdam.evaluation import boxes_from_maps, evaluate, step_outputs
-from tdam.evaluation.classification import accuracy_vs_steps, batch_metrics, gap_fc_weight, is_td_model
-from tdam.evaluation.unique_box import topk_correct
+from tdam.cam import boxes_from_maps, gap_fc_weight, step_maps
+from tdam.evaluation import evaluate
+from tdam.evaluation.classification import accuracy_vs_steps, batch_metrics
+from tdam.models import is_td_model
+from tdam.metrics import topk_correct
 
 
 def _batches(n_batches=3, bs=6, size=64, n_cls=12, seed=0):
@@ -80,7 +82,7 @@ def test_gradcam_path_for_non_gap_fc_head():
     model = _perturb_bn(tdam.create_model("mobilenetv3_large_100", attention="td", num_classes=7, t=2))
     assert gap_fc_weight(model) is None and is_td_model(model)
     x = torch.randn(3, 3, 64, 64)
-    logits, cams = step_outputs(model, x)
+    logits, cams = step_maps(model, x)
     assert logits.shape == (2, 3, 7) and cams.shape[:2] == (2, 3)
     for k in range(2):  # Grad-CAM per image through the whole network
         for i in range(3):

@@ -1,4 +1,4 @@
-"""Cost helpers of notebook 03 (spec 05 §5.2): sizes agree with ptflops and parameter counts; speed is labelled."""
+"""Cost helpers of notebook 03: sizes agree with ptflops and parameter counts; speed is labelled."""
 import math
 
 import pandas as pd
@@ -7,8 +7,9 @@ import torch
 from ptflops import get_model_complexity_info
 
 import tdam
-from tdam.evaluation import complexity_report as cr
-from tdam.evaluation.tables import paper_table
+from tdam import reference as cr
+from tdam.evaluation import cost
+from tdam.reference import paper_table
 
 
 def _specs(*rows):
@@ -29,7 +30,7 @@ def test_table1_specs_cover_the_paper_table():
 
 def test_size_table_matches_ptflops_and_param_count():
     specs = _specs("ResNet", "TDjoint(t=2;m=1)")
-    sizes = cr.size_table(specs, create=tdam.create_model, img_size=96, num_classes=10)
+    sizes = cost.size_table(specs, create=tdam.create_model, img_size=96, num_classes=10)
     assert list(sizes.columns[-4:]) == ["params_M", "gflops", "gflops_full", "flops_img_size"]
     for spec, row in zip(specs, sizes.itertuples()):
         model = tdam.create_model(**spec["create"], num_classes=10).eval()  # real weights, on the CPU
@@ -45,7 +46,7 @@ def test_size_table_matches_ptflops_and_param_count():
 def test_measure_speed_is_finite_and_labelled():
     model = tdam.create_model("resnet18", attention="td", num_classes=10)
     for mode in ("inference", "train"):
-        rec = cr.measure_speed(model, mode=mode, batch_size=2, img_size=32, device="cpu", warmup=1, repeats=3)
+        rec = cost.measure_speed(model, mode=mode, batch_size=2, img_size=32, device="cpu", warmup=1, repeats=3)
         assert math.isfinite(rec["images_per_s"]) and rec["images_per_s"] > 0
         assert rec["seconds_median"] > 0
         assert rec["mode"] == mode and rec["batch"] == 2 and rec["img_size"] == 32 and rec["repeats"] == 3
@@ -53,22 +54,22 @@ def test_measure_speed_is_finite_and_labelled():
         assert math.isnan(rec["peak_memory_gb"]) and "CPU" in rec["memory_note"]  # no CPU allocator statistics
     # the training step must not change the weights (lr 0)
     before = [p.detach().clone() for p in model.parameters()]
-    cr.measure_speed(model, mode="train", batch_size=2, img_size=32, device="cpu", warmup=0, repeats=1)
+    cost.measure_speed(model, mode="train", batch_size=2, img_size=32, device="cpu", warmup=0, repeats=1)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="mode must be one of"):
-        cr.measure_speed(model, mode="eval")
+        cost.measure_speed(model, mode="eval")
     with pytest.raises(ValueError, match="dtype must be one of"):
-        cr.measure_speed(model, dtype="int8")
+        cost.measure_speed(model, dtype="int8")
 
 
 def test_speed_and_cost_tables_beside_paper():
     specs = _specs("ResNet")
     speed = dict(batch_size=2, img_size=32, device="cpu", warmup=0, repeats=2)
-    sizes = cr.size_table(specs, create=tdam.create_model, img_size=64, full_flops=False)
-    speeds = cr.speed_table(specs, create=tdam.create_model, speed=speed)
-    cost = cr.table1_cost(sizes, speeds)
-    assert len(cost) == 1
-    row = cost.iloc[0]
+    sizes = cost.size_table(specs, create=tdam.create_model, img_size=64, full_flops=False)
+    speeds = cost.speed_table(specs, create=tdam.create_model, speed=speed)
+    table = cr.table1_cost(sizes, speeds)
+    assert len(table) == 1
+    row = table.iloc[0]
     assert row.paper_params_M == 11.69 and row.diff_params_M == pytest.approx(row.params_M - 11.69)
     assert row.paper_fps_val == 1683 and math.isfinite(row.fps_val) and row.fps_val > 0
     assert row.device.startswith("cpu") and row.batch == 2 and row.speed_img_size == 32
@@ -76,10 +77,10 @@ def test_speed_and_cost_tables_beside_paper():
 
 def test_cost_scaling_against_t():
     speed = dict(batch_size=1, img_size=32, device="cpu", warmup=0, repeats=1)
-    df = cr.cost_scaling(lambda t: tdam.create_model("resnet18", attention="td", t=t, num_classes=10), [1, 2, 3],
+    df = cost.cost_scaling(lambda t: tdam.create_model("resnet18", attention="td", t=t, num_classes=10), [1, 2, 3],
                          vary="t", speed=speed)
     assert df.t.tolist() == [1, 2, 3]
     assert df.gflops.is_monotonic_increasing and df.gflops.iloc[2] > df.gflops.iloc[0]
     assert df.fps_inference.notna().all() and isinstance(df, pd.DataFrame)
     with pytest.raises(ValueError, match="vary must be one of"):
-        cr.cost_scaling(lambda _: None, [1], vary="depth", speed=speed)
+        cost.cost_scaling(lambda _: None, [1], vary="depth", speed=speed)

@@ -9,11 +9,13 @@ import torch
 
 import tdam
 from tdam import paths
-from tdam.evaluation.ablations import TABLE2_SETS, ablation_config, ablation_table, table2_entries
+import tdam.notebook as nb
+from tdam.evaluation.ablations import TABLE2_SETS, table2_entries
 from tdam.evaluation.classification import EvalResult
-from tdam.evaluation.params import AblationParams, ComplexityParams, EvalParams, ResolutionParams
-from tdam.evaluation.reports import accuracy_table, legend_label, resolution_table
-from tdam.evaluation.tables import beside_paper, model_key, paper_row, paper_table, provenance
+from tdam.evaluation.figures import legend_label, resolution_table
+from tdam.notebook import provenance
+from tdam.reference import (ablation_table, accuracy_table, beside_paper, model_key, paper_resolutions, paper_table,
+                            table1_specs)
 
 NOTEBOOKS = ["02_eval_imagenet", "03_complexity", "04_ablations", "08_test_resolution"]
 
@@ -21,12 +23,12 @@ NOTEBOOKS = ["02_eval_imagenet", "03_complexity", "04_ablations", "08_test_resol
 def test_paper_tables_and_rows():
     t1 = paper_table("table1")
     assert len(t1) == 32 and {"v1_top1", "paper_v1_top1"} & set(t1.columns) == {"v1_top1"}
-    row = paper_row("table1", backbone="resnet50", attention="td", td_mode="joint", t=2, m=1, td_stages=(3, 4))
-    assert row.method == "TDjoint(t=2;m=1)" and row.v1_top1 == 78.96
-    assert paper_row("table1", backbone="resnet50", attention="", td_mode="", t=None) .method == "ResNet"
-    assert paper_row("table1", backbone="resnet50", attention="td", td_mode="joint", t=5) is None
-    with pytest.raises(ValueError, match="rows of table1 match"):
-        paper_row("table1", backbone="resnet50", attention="td")
+    r50 = t1[t1.backbone == "resnet50"]
+    row = r50[(r50.attention == "td") & (r50.td_mode == "joint") & (r50.t == 2) & (r50.m == 1)
+              & (r50.td_stages == "3+4")]
+    assert len(row) == 1 and row.method.iloc[0] == "TDjoint(t=2;m=1)" and row.v1_top1.iloc[0] == 78.96
+    assert r50[(r50.attention == "") & (r50.td_mode == "") & r50.t.isna()].method.tolist() == ["ResNet"]
+    assert paper_table(1).attention.isna().any()  # as transcribed: empty cells NaN
     with pytest.raises(ValueError, match="unknown paper table"):
         paper_table("table9")
 
@@ -67,11 +69,12 @@ def test_ablation_index_covers_table2_and_configs_build():
     assert [(e["set"], e["row"]) for e in entries] == list(zip(paper.set, paper.row))
     assert {e["set"] for e in entries} == set(TABLE2_SETS)
     for e in entries:
-        cfg = ablation_config(e, profile="smoke")
+        cfg = nb.ablation_config(e, profile="smoke")
         assert cfg.data_dir is None and cfg.img_size == 64
+        kw = nb.run_model(cfg)
         with torch.device("meta"):
-            model = tdam.create_model(cfg.backbone, num_classes=10, **cfg.model_kwargs())
-        assert tdam.is_td_model(model) == (cfg.attention == "td"), e
+            model = tdam.create_model(**{**kw, "num_classes": 10})
+        assert tdam.is_td_model(model) == (kw.get("attention") == "td"), e
     with pytest.raises(ValueError, match="unknown Table 2 set"):
         table2_entries(["nope"])
     row = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0}
@@ -79,27 +82,64 @@ def test_ablation_index_covers_table2_and_configs_build():
     assert tab.paper_v1_top1.iloc[0] == 76.77 and tab.diff_v1_top1.iloc[0] == pytest.approx(70.0 - 76.77)
 
 
-def test_notebook_params_validate():
-    assert EvalParams().torch_device.type in ("cpu", "cuda")
+def test_notebook_params_validate(tmp_path):
+    assert nb.parameters("02_eval_imagenet").torch_device.type in ("cpu", "cuda")
     for bad, match in (({"backbone": "vgg"}, "backbone"), ({"v2_variant": "b-33"}, "v2_variant"),
                        ({"amp": "int8"}, "amp"), ({"batch_size": 0}, "batch_size"), ({"device": "tpu"}, "device"),
-                       ({"checkpoint": "/no/such.pth"}, "not found"), ({"data_dir": "/no/such/dir"}, "not found")):
+                       ({"checkpoint": "/no/such.pth"}, "no such file"),
+                       ({"data_dir": "/no/such/dir"}, "no such directory")):
         with pytest.raises(ValueError, match=match):
-            EvalParams(**bad)
+            nb.parameters("02_eval_imagenet", **bad)
     with pytest.raises(ValueError, match="flops_backbones"):
-        ComplexityParams(flops_backbones=["resnet9"])
+        nb.parameters("03_complexity", flops_backbones=["resnet9"])
     with pytest.raises(ValueError, match="t_values"):
-        ComplexityParams(t_values=[0])
+        nb.parameters("03_complexity", t_values=[0])
     with pytest.raises(ValueError, match="speed_methods"):
-        ComplexityParams(speed_methods=["TDjoint(t=9)"])
-    assert [s["method"] for s in ComplexityParams().speed_specs()] == ["ResNet", "SE", "TDjoint(t=2;m=1)"]
+        nb.parameters("03_complexity", speed_methods=["TDjoint(t=9)"])
+    p = nb.parameters("03_complexity")
+    assert [s["method"] for s in table1_specs(p.speed_backbones, p.speed_methods)] == [
+        "ResNet", "SE", "TDjoint(t=2;m=1)"]
     with pytest.raises(ValueError, match="rows"):
-        AblationParams(rows=["TDx"])
-    assert [e["row"] for e in AblationParams().entries()] == ["ResNet", "TDj(m=1)"]
+        nb.parameters("04_ablations", rows=["TDx"])
+    p = nb.parameters("04_ablations")
+    assert [e["row"] for e in table2_entries(p.sets, p.rows)] == ["ResNet", "TDj(m=1)"]
+    ckpt = tmp_path / "a.pth"
+    ckpt.write_bytes(b"")
     with pytest.raises(ValueError, match="one per attention"):
-        ResolutionParams(checkpoints=["a.pth"])
-    assert ResolutionParams().resolve_resolutions(64) == [32, 40, 48, 56, 64, 80, 96, 112, 128]
-    assert ResolutionParams().resolve_resolutions(224) == list(ResolutionParams.PAPER_RESOLUTIONS)
+        nb.parameters("08_test_resolution", checkpoints=[str(ckpt)])
+    assert paper_resolutions(64) == [32, 40, 48, 56, 64, 80, 96, 112, 128]
+    assert paper_resolutions(224) == [112, 140, 168, 196, 224, 280, 336, 392, 448]
+    names = {n for names in nb.NOTEBOOKS.values() for n in names}
+    assert names == set(nb.VALIDATORS), "every validator is used and every notebook name has one"
+    for name, names in nb.NOTEBOOKS.items():
+        assert list(nb.notebook_defaults(name)) == list(names), f"{name}: parameters cell and NOTEBOOKS differ"
+
+
+def test_evaluation_never_imports_the_trainer():
+    """Evaluation, metrics, CAM and reference code run without the trainer: importing all of it loads no tdam.train
+    module, and none of their files names tdam.train (only tdam.notebook calls the trainer)."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys, tdam.cam, tdam.metrics, tdam.reference, tdam.evaluation.ablations, "
+            "tdam.evaluation.attention_shift, tdam.evaluation.cost, tdam.evaluation.figures, "
+            "tdam.evaluation.localization, tdam.evaluation.selectivity; "
+            "print(sorted(m for m in sys.modules if m.startswith('tdam.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    root = paths.repo_root() / "tdam"
+    files = [root / "cam.py", *(root / "metrics").glob("*.py"), *(root / "evaluation").glob("*.py"),
+             *(root / "reference").glob("*.py")]
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n == "tdam.train" or n.startswith("tdam.train.") for n in names), f
 
 
 def test_provenance_is_json_ready(tmp_path):

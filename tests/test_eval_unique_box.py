@@ -1,10 +1,10 @@
-"""The supplement's unique-box protocol (spec 05 §5.1 item 3), most-confident and top-k, against plain loops."""
+"""The supplement's unique-box protocol, most-confident and top-k, against plain loops."""
 import numpy as np
 import pytest
 import torch
 
 from helpers import ref_iou
-from tdam.evaluation.unique_box import (most_confident_correct, topk_correct, unique_box_correct,
+from tdam.metrics import (most_confident_correct, topk_correct, unique_box_correct,
                                         unique_box_sources)
 
 

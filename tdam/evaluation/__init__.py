@@ -1,16 +1,15 @@
-"""Evaluation: Table 1 accuracy columns (last / most-confident / unique-box), boxes, cost tables, paper comparison.
+"""Evaluating trained models over data (no training: models come as checkpoints, see :mod:`tdam.notebook`).
 
-Modules: :mod:`~tdam.evaluation.classification` (top-k, TD metrics, accuracy against t, per-class tables),
-:mod:`~tdam.evaluation.unique_box` (the supplement's multi-step protocol), :mod:`~tdam.evaluation.boxes` (CAM /
-Grad-CAM maps and the 15 % box rule, shared with :mod:`tdam.analysis`), :mod:`~tdam.evaluation.complexity_report`
-(params, FLOPs, memory, throughput tables), :mod:`~tdam.evaluation.tables` (our numbers beside the paper's, provenance).
+Modules: :mod:`~tdam.evaluation.data` (evaluation datasets, a checkpoint's model with its data, batches with boxes),
+:mod:`~tdam.evaluation.classification` (Table 1 accuracy: last / most-confident / unique-box, accuracy against t,
+per-class), :mod:`~tdam.evaluation.localization` (Top-1 / Top-5 / GT-known Loc), :mod:`~tdam.evaluation.selectivity`
+(Table 3, Figs. 3-4), :mod:`~tdam.evaluation.attention_shift` (Fig. 1 as tables), :mod:`~tdam.evaluation.cost`
+(params, FLOPs, memory, throughput), :mod:`~tdam.evaluation.ablations` (Table 2 rows),
+:mod:`~tdam.evaluation.figures` (the figures). Maps and boxes come from :mod:`tdam.cam`, per-image metrics from
+:mod:`tdam.metrics`, the paper's numbers from :mod:`tdam.reference`.
 """
-from .boxes import box_iou_inclusive, boxes_from_maps, cam_maps, gradcam_maps, upsample_normalise
-from .classification import EvalResult, accuracy_vs_steps, batch_metrics, evaluate, is_td_model, step_outputs
-from .unique_box import most_confident_correct, topk_correct, unique_box_correct, unique_box_sources
+from .classification import EvalResult, accuracy_vs_steps, batch_metrics, evaluate
+from .data import EvalRun, eval_dataset, eval_loader, load_run
 
-__all__ = [
-    "box_iou_inclusive", "boxes_from_maps", "cam_maps", "gradcam_maps", "upsample_normalise",
-    "EvalResult", "accuracy_vs_steps", "batch_metrics", "evaluate", "is_td_model", "step_outputs",
-    "most_confident_correct", "topk_correct", "unique_box_correct", "unique_box_sources",
-]
+__all__ = ["EvalResult", "accuracy_vs_steps", "batch_metrics", "evaluate", "EvalRun", "eval_dataset", "eval_loader",
+           "load_run"]

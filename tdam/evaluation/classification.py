@@ -1,12 +1,13 @@
-"""ImageNet-style classification metrics for the paper's Table 1 accuracy columns (spec 05 §5.1).
+"""Evaluating a classifier over a loader: the paper's Table 1 accuracy columns.
 
 Every model gets top-1/top-5 of its logits (``last``). TD models (those with ``forward_steps``) get, from the SAME
 batch pass (stem and earlier stages computed once, only the last TD stage re-run per step):
 
 - ``last``: the logits of the last step (= ``model(x)``, all steps run): the standard metric;
 - ``most_confident``: the step with the highest max-softmax;
-- ``unique_box``: the supplement's multi-step protocol (:mod:`tdam.evaluation.unique_box`), whose maps are CAM for
-  global-average-pool + linear heads (ResNet) and Grad-CAM through the head for the others (ConvNeXt, MobileNetV3);
+- ``unique_box``: the supplement's multi-step protocol (:func:`tdam.metrics.unique_box_correct`), on the boxes of
+  :func:`tdam.cam.step_maps` (CAM for global-average-pool + linear heads such as ResNet's, Grad-CAM through the head
+  for the others: ConvNeXt, MobileNetV3);
 - the accuracy of every step 1 ... t (accuracy against t, no fine-tuning).
 
 Per-image correctness is kept, so per-class tables come from the same pass.
@@ -23,17 +24,13 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from tdam.cam import boxes_from_maps, step_maps
+from tdam.metrics import most_confident_correct, topk_correct, unique_box_correct
 from tdam.models import is_td_model
-
-from .boxes import boxes_from_maps, cam_maps, gradcam_maps
-from .unique_box import most_confident_correct, topk_correct, unique_box_correct
 
 __all__ = [
     "TD_METRICS",
     "EvalResult",
-    "is_td_model",
-    "gap_fc_weight",
-    "step_outputs",
     "batch_metrics",
     "evaluate",
     "accuracy_vs_steps",
@@ -42,48 +39,6 @@ __all__ = [
 TD_METRICS = ("last", "most_confident", "unique_box")
 METRIC_LABELS = {"last": "last", "most_confident": "most-confident", "unique_box": "paper (unique-box)"}
 _AMP = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def gap_fc_weight(model: nn.Module) -> torch.Tensor | None:
-    """The classifier weight (K, C) when the head is global average pooling + one linear layer (timm ResNet), else None.
-
-    For such heads CAM equals Grad-CAM up to a positive scale (same box), and needs no backward pass.
-    """
-    fc = getattr(model, "fc", None)
-    pool = getattr(model, "global_pool", None)
-    if not isinstance(fc, nn.Linear) or pool is None:
-        return None
-    if getattr(pool, "pool_type", None) != "avg":
-        return None
-    if getattr(model, "head_hidden_size", None) not in (None, fc.in_features):
-        return None
-    return fc.weight
-
-
-def step_outputs(model: nn.Module, x: torch.Tensor, *, maps: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-step logits (t, N, K) of the last TD stage and, with ``maps``, the CAM/Grad-CAM of each step's top-1 class
-    (t, N, h, w) on that step's last feature map. One forward pass (``model.forward_steps``) for all steps.
-    """
-    if not maps:
-        with torch.no_grad():
-            return torch.stack(model.forward_steps(x)), None
-    with torch.no_grad():
-        outs = model.forward_steps(x, features=True)
-    logits = torch.stack([lg for _, lg in outs]).float()
-    preds = logits.argmax(dim=-1)  # (t, N)
-    weight = gap_fc_weight(model)
-    if weight is not None:
-        with torch.no_grad():
-            cams = torch.stack([cam_maps(f.float(), weight.float(), preds[k]) for k, (f, _) in enumerate(outs)])
-        return logits, cams
-    cams = []
-    for k, (f, _) in enumerate(outs):
-        # Grad-CAM only needs d logit / d features, i.e. the head: re-run the head on detached features.
-        with torch.enable_grad():
-            feat = f.detach().float().requires_grad_(True)
-            head_logits = model.forward_head(feat)
-            cams.append(gradcam_maps(feat, head_logits, preds[k]))
-    return logits, torch.stack(cams)
 
 
 def batch_metrics(
@@ -95,7 +50,7 @@ def batch_metrics(
     if not (is_td_model(model) and td_metrics):
         with torch.no_grad():
             return {"last": topk_correct(model(x), targets, topk)}
-    logits, cams = step_outputs(model, x, maps=True)
+    logits, cams = step_maps(model, x, maps=True)
     boxes = torch.stack([boxes_from_maps(c, size=tuple(x.shape[-2:])) for c in cams])  # (t, N, 4)
     steps = topk_correct(logits, targets, topk)
     return {

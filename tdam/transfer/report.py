@@ -35,7 +35,7 @@ def transfer_key(tcfg: TransferConfig) -> dict[str, Any]:
     d = {k: v for k, v in tcfg.to_dict().items() if k not in ("train", "data_dir", "backbone_checkpoint")}
     d.update({f"train.{k}": v for k, v in semantic_config(tcfg.train).items() if k != "data_size"})
     if tcfg.backbone_checkpoint:
-        from tdam.evaluation.tables import file_digest
+        from tdam.notebook import file_digest
 
         d["backbone_sha256"] = file_digest(tcfg.backbone_checkpoint)
     return json.loads(json.dumps(d, sort_keys=True, default=str))
@@ -154,7 +154,7 @@ def save_results(results: Sequence[TransferResult], table: pd.DataFrame, setup: 
                  folder: str | Path | None = None) -> Path:
     """Write results.csv, setup.csv and provenance.json (backbone checkpoints, data, device, versions) to
     ``runs/07_transfer/`` (or ``folder``); returns the folder."""
-    from tdam.evaluation.tables import provenance
+    from tdam.notebook import provenance
     from tdam.paths import runs_dir
     from tdam.transfer.run import RUNS_SUBDIR, transfer_data_root
 

@@ -1,15 +1,6 @@
-"""Feature selectivity of residual blocks (TDAM supplement §3, Table 3, Figs. 3-4).
-
-For a block with input X (N, Ci, H, W) and output Y (N, Co, H, W) (for a TD block: the output of its final step):
-
-- ρ(X^i, Y^j) = Σ_{h,w} X'^i ⊙ Y'^j, X' and Y' each channel's map min-max normalised to [0, 1] over space;
-  ρ(X, Y) = mean over all channel pairs (i, j), one value per image (Table 3 reports mean ± std over images).
-- H(X, Y^j) = entropy(softmax_i ρ_raw(X^i, Y^j)), ρ_raw without the normalisation: how many input channels an output
-  channel draws on (low entropy = selective); histogram over output channels j: Fig. 3 (layer4), Fig. 4 (layer3).
-- H(Y) = entropy(softmax_c maxpool_{h,w} Y): how peaked the block's output is over channels (Table 3).
-
-Entropies are in nats (natural logarithm). All pairwise products are one batched matrix product per block
-(``torch.bmm`` of (N, Ci, HW) by (N, HW, Co)); nothing loops over channels or images.
+"""Feature selectivity of trained ResNet blocks (TDAM supplement §3, Table 3, Figs. 3-4): forward hooks record each
+chosen block's input X and output Y (a TD block's output is its final step) and :mod:`tdam.metrics.selectivity` turns
+them into ρ(X, Y), H(X, Y^j) and H(Y), batch by batch.
 """
 from __future__ import annotations
 
@@ -20,75 +11,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from tdam.evaluation.tables import beside_paper, model_key, paper_table
+from tdam.metrics.selectivity import input_entropy, output_entropy, rho_mean
 
-__all__ = [
-    "minmax_spatial",
-    "pairwise_rho",
-    "rho_mean",
-    "input_entropy",
-    "output_entropy",
-    "default_selectivity_blocks",
-    "BlockSelectivity",
-    "collect_selectivity",
-    "TABLE3_METRICS",
-    "paper_table3_column",
-    "selectivity_table",
-    "table3_beside_paper",
-]
-
-
-def _check_maps(name: str, t: Tensor) -> None:
-    if t.dim() != 4:
-        raise ValueError(f"{name} must be a (N, C, H, W) feature map, got shape {tuple(t.shape)}")
-
-
-def minmax_spatial(x: Tensor) -> Tensor:
-    """Each channel's map min-max normalised to [0, 1] over (H, W); a constant map becomes all zeros."""
-    _check_maps("x", x)
-    flat = x.flatten(2)
-    lo = flat.amin(dim=2, keepdim=True)
-    rng = flat.amax(dim=2, keepdim=True) - lo
-    out = torch.where(rng > 0, (flat - lo) / rng.clamp_min(torch.finfo(flat.dtype).tiny), torch.zeros_like(flat))
-    return out.view_as(x)
-
-
-def pairwise_rho(x: Tensor, y: Tensor, *, normalise: bool = True) -> Tensor:
-    """ρ(X^i, Y^j) for every channel pair: (N, Ci, Co), one batched matmul over the flattened spatial positions.
-
-    ``normalise=True`` gives the paper's ρ (min-max normalised maps); ``False`` gives ρ_raw used by H(X, Y^j).
-    """
-    _check_maps("x", x)
-    _check_maps("y", y)
-    if x.shape[0] != y.shape[0] or x.shape[2:] != y.shape[2:]:
-        raise ValueError(
-            f"block input {tuple(x.shape)} and output {tuple(y.shape)} must share batch and spatial size "
-            "(the first block of a stage changes the size: skip it)"
-        )
-    if normalise:
-        x, y = minmax_spatial(x), minmax_spatial(y)
-    return torch.bmm(x.flatten(2), y.flatten(2).transpose(1, 2))
-
-
-def rho_mean(x: Tensor, y: Tensor) -> Tensor:
-    """ρ(X, Y): the mean of the normalised ρ(X^i, Y^j) over all channel pairs, per image (N,)."""
-    return pairwise_rho(x, y, normalise=True).mean(dim=(1, 2))
-
-
-def _entropy(logits: Tensor, dim: int) -> Tensor:
-    logp = torch.log_softmax(logits, dim=dim)
-    return -(logp.exp() * logp).sum(dim=dim)
-
-
-def input_entropy(x: Tensor, y: Tensor) -> Tensor:
-    """H(X, Y^j) = entropy over input channels i of softmax_i ρ_raw(X^i, Y^j), per image and output channel (N, Co)."""
-    return _entropy(pairwise_rho(x, y, normalise=False), dim=1)
-
-
-def output_entropy(y: Tensor) -> Tensor:
-    """H(Y) = entropy over channels of softmax_c of the spatial max of Y, per image (N,)."""
-    _check_maps("y", y)
-    return _entropy(y.flatten(2).amax(dim=2), dim=1)
+__all__ = ["default_selectivity_blocks", "selectivity_blocks", "BlockSelectivity", "collect_selectivity",
+           "TABLE3_METRICS", "selectivity_table"]
 
 
 _PAPER_BLOCKS_1BASED = {4: (2, 3), 3: (2, 3, 4, 5, 6)}
@@ -111,6 +37,17 @@ def default_selectivity_blocks(model: nn.Module) -> dict[int, list[int]]:
                 f"got {type(model).__name__}"
             )
         out[stage] = [b - 1 for b in blocks if b - 1 < len(layer)]
+    return out
+
+
+def selectivity_blocks(model: nn.Module, layer4_blocks: Sequence[int] = (), layer3_blocks: Sequence[int] = ()
+                       ) -> dict[int, list[int]]:
+    """{stage: [0-based indices]} for :func:`collect_selectivity`: the given 1-based block numbers, or the paper's
+    choice (:func:`default_selectivity_blocks`) for a stage left empty."""
+    out = default_selectivity_blocks(model)
+    for stage, given in ((4, layer4_blocks), (3, layer3_blocks)):
+        if given:
+            out[stage] = [b - 1 for b in given]
     return out
 
 
@@ -205,20 +142,6 @@ def collect_selectivity(
 TABLE3_METRICS = ("rho_mean", "rho_std", "entropy_HY")
 
 
-def paper_table3_column(model_config: Mapping) -> str | None:
-    """The column of the paper's Table 3 describing the same kind of model (the paper's are ResNet-50 ones).
-
-    Plain model -> ``original``; TD joint t=2 m=1 -> ``tdjoint_t2_m1``; TD top t=2 m=3 -> ``tdtop_t2_m3``; others None.
-    """
-    key = model_key(model_config)
-    if not key["attention"]:
-        return "original"
-    if key["attention"] == "td":
-        col = f"td{key['td_mode']}_t{key['t']}_m{key['m']}"
-        return col if col in paper_table("table3").columns else None
-    return None
-
-
 def selectivity_table(results: Mapping[str, Mapping[str, BlockSelectivity]]) -> pd.DataFrame:
     """Table 3 layout, ours: one row per (stage, block (1-based), metric), one column per model label.
 
@@ -233,17 +156,3 @@ def selectivity_table(results: Mapping[str, Mapping[str, BlockSelectivity]]) -> 
                 rows.setdefault((int(layer.removeprefix("layer")), int(idx) + 1, metric), {})[label] = summary[metric]
     index = pd.MultiIndex.from_tuples(list(rows), names=["stage", "block", "metric"])
     return pd.DataFrame(list(rows.values()), index=index).reset_index()
-
-
-def table3_beside_paper(ours: pd.DataFrame, paper_columns: Mapping[str, str | None]) -> pd.DataFrame:
-    """Our Table 3 (``selectivity_table``) beside the paper's: for each model label with a paper counterpart,
-    ``<label>``, ``paper_<column>`` and ``diff_<label>`` (ours - paper). The paper reports layer4 blocks 2-3 only;
-    other rows keep NaN there. ``paper_columns``: {model label: paper column or None}."""
-    paper = paper_table("table3").rename(columns={"layer4_block": "block"})
-    paper.insert(0, "stage", 4)
-    cols = {label: col for label, col in paper_columns.items() if col is not None}
-    unknown = [label for label in cols if label not in ours.columns]
-    if unknown:
-        raise ValueError(f"models {unknown} are not in the table; its models: {list(ours.columns[3:])}")
-    out = beside_paper(ours, paper, on=["stage", "block", "metric"], columns=cols)
-    return out.astype({"stage": int, "block": int})

@@ -1,7 +1,8 @@
-"""Figures of the analysis notebooks: attention shift over computation steps (supplement Fig. 1), predicted vs
-ground-truth localisation boxes (§1.2), and the H(X, Y^j) entropy histograms (supplement Figs. 3-4).
+"""Figures of notebooks 02-09: accuracy against computation steps, cost scaling, test-resolution robustness
+(supplement Fig. 2), attention shift over computation steps (Fig. 1), predicted vs ground-truth localisation boxes
+(§1.2) and the H(X, Y^j) entropy histograms (Figs. 3-4).
 
-Every function returns a matplotlib ``Figure``; ``tdam.evaluation.outputs.save_figure`` writes it as PNG + PDF.
+Every function returns a matplotlib ``Figure``; :func:`tdam.notebook.save_figure` writes it as PNG + PDF.
 """
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from tdam.analysis.gradcam import CamResult
-from tdam.analysis.localization import LocalizationResult
-from tdam.analysis.selectivity import BlockSelectivity
-from tdam.evaluation.boxes import boxes_from_maps, upsample_normalise
+from tdam.cam import CamResult, boxes_from_maps, upsample_normalise
 
-__all__ = ["to_display", "attention_shift_figure", "boxes_figure", "localization_figure", "entropy_histograms"]
+from .localization import LocalizationResult
+from .selectivity import BlockSelectivity
+
+__all__ = ["to_display", "attention_shift_figure", "boxes_figure", "localization_figure", "entropy_histograms",
+           "plot_accuracy_vs_steps", "resolution_table", "legend_label", "plot_resolution", "plot_scaling"]
 
 GT_COLOUR = "#00ff66"
 PRED_COLOUR = "#ff2d2d"
@@ -162,5 +165,75 @@ def entropy_histograms(
     axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_steps(tables: Mapping[str, pd.DataFrame], *, trained_t: int | None = None, title: str = ""):
+    """Top-1 against the number of steps of the last TD stage, one line per split/model (``tables``: label ->
+    :meth:`~tdam.evaluation.classification.EvalResult.steps_table`)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, df in tables.items():
+        ax.plot(df.steps, df.top1, marker="o", label=label)
+    if trained_t is not None:
+        ax.axvline(trained_t, color="grey", ls=":", lw=1, label=f"trained t={trained_t}")
+    ax.set_xlabel("steps t of the last TD stage")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_xticks(sorted({int(s) for df in tables.values() for s in df.steps}))
+    ax.set_title(title or "accuracy against computation steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def resolution_table(accuracies: Mapping[str, Mapping[int, float]]) -> pd.DataFrame:
+    """Long table (model, resolution, top1) from {model: {resolution: top-1}}."""
+    rows = [{"model": m, "resolution": int(r), "top1": float(a)}
+            for m, acc in accuracies.items() for r, a in acc.items()]
+    return pd.DataFrame(rows).sort_values(["model", "resolution"]).reset_index(drop=True)
+
+
+def legend_label(model: str, df: pd.DataFrame) -> str:
+    """'model (best a @ r; lo: x, hi: y)' with the smallest and largest evaluated resolutions."""
+    best = df.loc[df.top1.idxmax()]
+    lo, hi = df.iloc[0], df.iloc[-1]
+    return (f"{model} (best {best.top1:.2f} @ {int(best.resolution)}; {int(lo.resolution)}: {lo.top1:.2f}, "
+            f"{int(hi.resolution)}: {hi.top1:.2f})")
+
+
+def plot_resolution(table: pd.DataFrame, *, train_resolution: int | None = None, title: str = ""):
+    """Supplement Fig. 2: top-1 against test resolution, legend with best, smallest- and largest-resolution values."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for model, df in table.groupby("model", sort=False):
+        df = df.sort_values("resolution")
+        ax.plot(df.resolution, df.top1, marker="o", label=legend_label(model, df))
+    if train_resolution is not None:
+        ax.axvline(train_resolution, color="grey", ls=":", lw=1)
+    ax.set_xlabel("test resolution (px; resize res/0.875, centre crop res)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title or "test-resolution robustness")
+    ax.legend(fontsize=7, loc="lower center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(tables: Mapping[str, pd.DataFrame], *, ys: Sequence[str] = ("gflops", "fps_inference")):
+    """Cost against t, batch size and resolution: one column per table (``tables``: knob -> :func:`tdam.evaluation.cost.cost_scaling`
+    result), one row per quantity in ``ys``; quantities measured nowhere (e.g. peak memory on a CPU) are left out."""
+    ys = [y for y in ys if any(y in df and df[y].notna().any() for df in tables.values())]
+    if not ys:
+        raise ValueError("none of the requested quantities was measured")
+    fig, axes = plt.subplots(len(ys), len(tables), figsize=(3.4 * len(tables), 2.6 * len(ys)), squeeze=False)
+    for j, (knob, df) in enumerate(tables.items()):
+        for i, y in enumerate(ys):
+            ax = axes[i][j]
+            if y in df and df[y].notna().any():
+                ax.plot(df[knob], df[y], marker="o")
+            else:
+                ax.text(0.5, 0.5, f"{y}: n/a", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel(knob)
+            ax.set_ylabel(y)
+    dev = next(iter(tables.values()))["device"].iloc[0] if tables else ""
+    fig.suptitle(f"cost scaling ({dev})", fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,4 +1,5 @@
-"""Cost columns of the paper's Table 1 and their scaling (spec 05 §5.2): params, FLOPs, peak memory, images/s.
+"""Measured cost of models, for the paper's Table 1 cost columns and their scaling: params, FLOPs, peak memory,
+images/s.
 
 - Params and FLOPs come from :mod:`tdam.complexity` (FLOPs = ptflops MACs with the pytorch backend at 224², the
   paper's convention, and beside it a count with every element-wise op).
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,12 +22,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .tables import beside_paper, device_name, model_key, paper_table
+from tdam.reference import model_key
 
-__all__ = ["measure_speed", "table1_specs", "size_table", "speed_table", "table1_cost", "cost_scaling"]
+__all__ = ["device_name", "measure_speed", "size_table", "speed_table", "cost_scaling"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MODES = ("inference", "train")
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """The device a measurement runs on, in words: ``cuda: <GPU name>`` or ``cpu: <processor> (<n> threads)``."""
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
+    return f"cpu: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def _check(mode: str, dtype: str, batch_size: int, img_size: int, warmup: int, repeats: int) -> None:
@@ -120,25 +130,6 @@ def measure_speed(
     }
 
 
-def table1_specs(backbones: Sequence[str] | None = None) -> list[dict]:
-    """``create_model`` kwargs of every model row in the paper's Table 1 (optionally only some backbones), with the
-    row's key columns (backbone, method, attention, td_mode, t, m, td_stages)."""
-    df = paper_table("table1")
-    if backbones is not None:
-        unknown = set(backbones) - set(df.backbone)
-        if unknown:
-            raise ValueError(f"unknown backbones {sorted(unknown)}; Table 1 has {sorted(set(df.backbone))}")
-        df = df[df.backbone.isin(backbones)]
-    specs = []
-    for r in df.itertuples():
-        kw: dict = {"arch": r.backbone, "attention": r.attention or None}
-        if r.attention == "td":
-            kw.update(t=int(r.t), m=int(r.m), td_mode=r.td_mode,
-                      td_stages=tuple(int(s) for s in r.td_stages.split("+")))
-        specs.append({"method": r.method, "create": kw})
-    return specs
-
-
 def _build(create: Callable[..., nn.Module], spec: Mapping, num_classes: int, device: str | torch.device) -> nn.Module:
     with torch.device(device):
         return create(**spec["create"], num_classes=num_classes)
@@ -208,19 +199,6 @@ def speed_table(
         rows.append(row)
         del model
     return pd.DataFrame(rows)
-
-
-def table1_cost(sizes: pd.DataFrame, speeds: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Table 1 cost columns: our sizes (and speeds, where measured) beside the paper's params, FLOPs, memory and
-    FPS (``paper_*``, ``diff_*`` = ours - paper). The paper's memory/FPS are V100 numbers at its own batch: compare
-    trends, not values, when the device differs."""
-    keys = ["backbone", "attention", "td_mode", "t", "m", "td_stages"]
-    ours = sizes.copy()
-    cols = ["params_M", "gflops"]
-    if speeds is not None and len(speeds):
-        ours = ours.merge(speeds.drop(columns=["method"]), on=keys, how="left")
-        cols += ["mem_train_gb", "mem_val_gb", "fps_train", "fps_val"]
-    return beside_paper(ours, paper_table("table1"), on=keys, columns=cols)
 
 
 def cost_scaling(

@@ -14,9 +14,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from tdam.analysis.gradcam import CamResult, grad_cam_steps
-from tdam.analysis.loading import AnalysisRun, image_batches
-from tdam.evaluation.boxes import box_iou_inclusive, boxes_from_maps
+from tdam.cam import CamResult, boxes_from_maps, grad_cam_steps
+from tdam.metrics import box_iou_inclusive
+
+from .data import EvalRun, image_batches
 
 __all__ = ["steps_table", "two_object_targets", "object_rates", "RATE_COLUMNS"]
 
@@ -44,7 +45,7 @@ def steps_table(
     return pd.DataFrame(rows)
 
 
-def two_object_targets(run: AnalysisRun, indices: Sequence[int]) -> dict[str, Tensor]:
+def two_object_targets(run: EvalRun, indices: Sequence[int]) -> dict[str, Tensor]:
     """Per image: the labelled (primary) object's and the other object's class and crop box.
 
     Keys ``primary_label``, ``primary_box``, ``other_label``, ``other_box`` ((N,) / (N, 4)); an object cropped away
@@ -65,7 +66,7 @@ def two_object_targets(run: AnalysisRun, indices: Sequence[int]) -> dict[str, Te
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
-def object_rates(run: AnalysisRun, indices: Sequence[int], *, batch_size: int = 64) -> pd.DataFrame:
+def object_rates(run: EvalRun, indices: Sequence[int], *, batch_size: int = 64) -> pd.DataFrame:
     """Per computation step, over the images ``indices`` (meant: the two-object ones), the % of images whose
     prediction is the primary / the other object's class, whose Grad-CAM box covers the primary / the other object
     (IoU ≥ 0.5), and whose box moved away from the step-1 box (IoU ≤ 0.5; 'shift'). No images: an empty table

@@ -1,8 +1,9 @@
-"""The supplement's multi-step "unique box" accuracy for TD models (spec 05 §5.1, item 3).
+"""Classification correctness per image: top-k, the most-confident step, and the supplement's multi-step "unique box"
+rule for TD models.
 
-For each image and each computation step k = 1 ... t of the last TD stage: the prediction c_k, its confidence p_k (max
-softmax), and the box b_k of the class activation map of c_k (:mod:`tdam.evaluation.boxes`). A list of kept entries
-(p, logits, box) is built step by step: step 1 is appended as is; for k >= 2 the current entry is compared, in order,
+Unique box: for each image and each computation step k = 1 ... t of the last TD stage: the prediction c_k, its
+confidence p_k (max softmax), and the box b_k of the class activation map of c_k (:mod:`tdam.cam`). A list of kept
+entries (p, logits, box) is built step by step: step 1 is appended as is; for k >= 2 the current entry is compared, in order,
 with every kept entry; where the two boxes overlap (IoU > 0.5) the more confident of the two wins -- if the current one
 is more confident it REPLACES the kept entry, otherwise the current one TAKES the kept entry's values (and goes on
 being compared with the next kept entries with those values) -- and finally the current entry is appended. The image

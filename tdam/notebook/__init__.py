@@ -1,0 +1,16 @@
+"""Support for notebooks 02-09, so that each stays a few library calls: validated parameters
+(:mod:`~tdam.notebook.params`), the trained models they evaluate (:mod:`~tdam.notebook.runs`, the only caller of
+the trainer) and their result files and provenance (:mod:`~tdam.notebook.outputs`).
+
+Typical cells: ``p = nb.parameters("06_weak_localization", globals())``, ``td, base = nb.load_pair(p)``,
+``nb.write_table(table, RUN, "localization")``.
+"""
+from .outputs import file_digest, provenance, run_dir, save_figure, write_json, write_table
+from .params import NOTEBOOKS, VALIDATORS, Params, notebook_defaults, parameters
+from .runs import ablation_config, ablation_run, checkpoint, checkpoints, load_pair, resolve_checkpoint, run_model
+
+__all__ = [
+    "file_digest", "provenance", "run_dir", "save_figure", "write_json", "write_table",
+    "NOTEBOOKS", "VALIDATORS", "Params", "notebook_defaults", "parameters",
+    "ablation_config", "ablation_run", "checkpoint", "checkpoints", "load_pair", "resolve_checkpoint", "run_model",
+]
