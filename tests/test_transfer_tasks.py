@@ -1,4 +1,5 @@
-"""WS-DAN / ASL trainer tasks, their schedules, optimizers and transforms (spec 06 §1.10, §2.2)."""
+"""WS-DAN / ASL trainer tasks, their schedules, optimizers and input pipelines (WS-DAN: Resize 512 -> crop 448 ->
+flip -> ColorJitter; ASL: squish to 448, CutoutPIL + RandAugment; OneCycle lr for ASL)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,8 @@ from tdam.transfer.asl import asymmetric_loss, mean_average_precision, multilabe
 from tdam.transfer.models import build_asl_model, build_wsdan, load_wsdan
 from tdam.transfer.schedule import OneCycleSchedule
 from tdam.transfer.tasks import ASLTask, WSDANTask
-from tdam.transfer.transforms import CutoutPIL, asl_transform, wsdan_transform
+from tdam.data import build_transform
+from tdam.data.transforms import CutoutPIL
 from tdam.transfer.wsdan import attention_crop
 from helpers import TinyBackbone
 
@@ -154,9 +156,9 @@ def test_cutout_pil_rectangle():
 def test_transforms_shapes_and_normalisation():
     img = Image.new("RGB", (70, 50), (124, 116, 104))  # ~ the ImageNet mean colour
     for split in ("train", "val"):
-        x = wsdan_transform(split, 32)(img)
+        x = build_transform(split, 32, preset="wsdan")(img)
         assert x.shape == (3, 32, 32)
-        assert asl_transform(split, 32)(img).shape == (3, 32, 32)
-    assert wsdan_transform("val", 32)(img).abs().max() < 0.05
-    with pytest.raises(ValueError, match="split"):
-        wsdan_transform("test", 32)
+        assert build_transform(split, 32, preset="asl")(img).shape == (3, 32, 32)
+    assert build_transform("val", 32, preset="wsdan")(img).abs().max() < 0.05
+    with pytest.raises(ValueError, match="train='bogus' is not valid"):
+        build_transform("bogus", 32, preset="wsdan")

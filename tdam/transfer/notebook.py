@@ -98,7 +98,7 @@ class TransferNotebookParams:
                     att = None if att == "plain" else att
                     tag = f"{self.imagenet_arch}_{att or 'plain'}"
                     kw = dict(backbone_checkpoint=ckpt) if ckpt else dict(
-                        random_backbone=True, backbone=self.imagenet_arch, attention=att)
+                        random_backbone=True, model={"arch": self.imagenet_arch, "attention": att})
                     configs.append(load_transfer_config(
                         f"_recipe_{task}", dataset=ds, name=f"{ds}_{task}_{tag}-embedded-s{self.seed}",
                         **kw, **self._overrides(task)))

@@ -15,18 +15,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tdam.train.distributed import all_reduce_sum
 from tdam.transfer.asl import asymmetric_loss, mean_average_precision, multilabel_prf
 from tdam.transfer.models import build_asl_model, build_wsdan
 from tdam.transfer.schedule import OneCycleSchedule
 from tdam.transfer.wsdan import wsdan_refined_logits, wsdan_training_loss
 
 __all__ = ["WSDANTask", "ASLTask"]
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
 
 
 def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
@@ -96,7 +91,7 @@ class WSDANTask:
                                  hit_raw[:, 0].sum().double(), hit_raw.any(1).sum().double(),
                                  hit_ref[:, 0].sum().double(), hit_ref.any(1).sum().double(),
                                  torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=ctx.device)])
-        loss, r1, r5, f1, f5, n = _all_reduce_sum(sums).tolist()
+        loss, r1, r5, f1, f5, n = all_reduce_sum(sums).tolist()
         if n == 0:
             raise ValueError("evaluation saw no samples: the validation split is empty")
         return {"loss": loss / n, "top1": 100 * f1 / n, "top5": 100 * f5 / n, "top1_raw": 100 * r1 / n,
@@ -153,6 +148,6 @@ class ASLTask:
         if not scores:
             raise ValueError("evaluation saw no samples: the validation split is empty")
         s, y = _all_gather_cat(torch.cat(scores)), _all_gather_cat(torch.cat(labels))
-        loss = float(_all_reduce_sum(loss_sum)) / s.shape[0]
+        loss = float(all_reduce_sum(loss_sum)) / s.shape[0]
         return {"loss": loss, "mAP": mean_average_precision(s, y), **multilabel_prf(s, y, self.threshold),
                 "samples": int(s.shape[0])}
