@@ -24,32 +24,35 @@ from tdam.train.config import TrainConfig, load_config, semantic_config
 
 __all__ = ["ensure_checkpoint", "checkpoint_config", "find_checkpoint", "ensure_run", "RUN_KEY_FILE"]
 
-RUN_KEY_FILE = "run_key.json"   # what identifies the run in its folder (written by ensure_run before training)
+RUN_KEY_FILE = "run_key.json"   # a run's extra identity (ensure_run's ``key``), written before it trains
 
 
 def _plain_json(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _check_same(run_dir: Path, want: Mapping[str, Any], have: Mapping[str, Any]) -> None:
+    want, have = _plain_json(want), _plain_json(have)
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ValueError(f"{run_dir} holds a run of a different config (differs in {diff}); remove {run_dir} "
+                         f"or set another `name`")
+
+
 def find_checkpoint(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None) -> Path | None:
     """``best.pth`` (else ``last.pth``) of the finished run of ``cfg``, or None when it was not trained to the end.
 
-    ``key`` identifies the run (default: ``cfg``'s semantic config). It is compared with the folder's
-    ``run_key.json``, or, for a run trained directly (CLI, notebook 01), with the config stored in ``last.pth``;
-    a difference raises ValueError naming the differing keys."""
+    The config stored in ``last.pth`` must match ``cfg`` in every value that changes what is learned, and ``key``
+    (extra identity, e.g. a transfer run's own settings) the folder's ``run_key.json`` when there is one; a
+    difference raises ValueError naming the differing keys (a run is never silently reused)."""
     run_dir = cfg.run_dir()
     last = run_dir / "last.pth"
     if not last.is_file():
         return None
     ck = read_checkpoint(last)
-    want = _plain_json(semantic_config(cfg) if key is None else key)
-    stored = run_dir / RUN_KEY_FILE
-    have = (json.loads(stored.read_text()) if stored.is_file()
-            else _plain_json(semantic_config(ck.get("config", {}))))
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise ValueError(f"{run_dir} holds a run of a different config (differs in {diff}); remove {run_dir} "
-                         f"or set another `name`")
+    _check_same(run_dir, semantic_config(cfg), semantic_config(ck.get("config", {})))
+    if key is not None and (stored := run_dir / RUN_KEY_FILE).is_file():
+        _check_same(run_dir, key, json.loads(stored.read_text()))
     if int(ck.get("epoch", 0)) < cfg.epochs:
         return None
     best = run_dir / "best.pth"
@@ -71,8 +74,8 @@ def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
                train_fn: Callable[[TrainConfig], Any] | None = None) -> Path:
     """The checkpoint of the finished run of ``cfg``: reused when present, resumed when interrupted, else trained.
 
-    ``key``: what identifies the run (default: ``cfg``'s semantic config; the transfer runs add their own keys and
-    the backbone's digest). ``train_fn(cfg)``: trains ``cfg`` and returns its ``RunResult`` (default
+    ``key``: what identifies the run beyond ``cfg``'s own semantic config (the transfer runs: their WS-DAN / ASL
+    settings and the backbone checkpoint's digest), kept in ``run_key.json``. ``train_fn(cfg)``: trains ``cfg`` and returns its ``RunResult`` (default
     ``tdam.train.train``). Raises KeyboardInterrupt when the training was interrupted (call again to resume)."""
     if train_fn is None:
         from tdam.train.trainer import train as train_fn
@@ -81,8 +84,8 @@ def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
     with _run_lock(run_dir):
         if (found := find_checkpoint(cfg, key=key)) is not None:
             return found
-        (run_dir / RUN_KEY_FILE).write_text(json.dumps(_plain_json(semantic_config(cfg) if key is None else key),
-                                                       indent=1, sort_keys=True))
+        if key is not None:
+            (run_dir / RUN_KEY_FILE).write_text(json.dumps(_plain_json(key), indent=1, sort_keys=True))
         result = train_fn(cfg.replace(resume="auto"))     # continue an interrupted run of this config
         if result.interrupted:
             raise KeyboardInterrupt(f"training of {run_dir} was interrupted; call again to resume it")
