@@ -78,7 +78,8 @@ def test_run_folder_outputs(reference_run):
     assert 0 <= row["val_top1"] <= row["val_top5"] <= 100 and row["bad_images"] == 0
     assert row["ema_val_top1"] is not None
     ck = read_checkpoint(res.checkpoint)
-    assert ck["model_config"]["arch"] == "resnet18" and ck["config"]["attention"] == "td"
+    assert ck["model_config"]["arch"] == "resnet18" and ck["config"]["model"]["attention"] == "td"
+    assert ck["model_config"] == {**ck["config"]["model"], "num_classes": 12}   # the description, unchanged
     from tdam.checkpoint import load_model
 
     model = load_model(res.checkpoint)

@@ -1,4 +1,4 @@
-"""The trainer: one engine for every backbone and attention (spec 04), its CLI and the cached runs.
+"""The trainer: one engine for every backbone and attention (the paper's timm-style recipes), its CLI, cached runs.
 
 - :mod:`tdam.train.config`: :class:`TrainConfig` (validated dataclass) and :func:`load_config` (params YAML with
   ``base:`` inheritance, profile overlays, overrides).

@@ -34,7 +34,7 @@ def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 
 class WSDANTask:
-    """WS-DAN fine-grained classification (spec 06 §1.8-1.9).
+    """WS-DAN fine-grained classification (GuYuc/WS-DAN.PyTorch train.py / eval.py).
 
     Training: raw / crop / drop forwards, CE/3 each + center loss, center update (``wsdan_training_loss``).
     Evaluation: raw and refined (raw + crop around the mean attention map, averaged logits) top-1/top-5 and the raw
@@ -100,7 +100,7 @@ class WSDANTask:
 
 
 class ASLTask:
-    """ASL multi-label classification (spec 06 §2): ASL loss on the logits (float32); mAP over the whole split
+    """ASL multi-label classification (Alibaba-MIIL/ASL train.py): ASL loss on the logits (float32); mAP over the whole split
     (all ranks gathered) plus CP/CR/CF1/OP/OR/OF1 at ``threshold`` on the sigmoid scores. ``loss`` in the metrics is
     the ASL loss per image."""
 
