@@ -16,8 +16,8 @@ TIMING = {"images_per_s", "data_wait", "epoch_time_s", "peak_mem_mb"}
 
 
 def tiny_cfg(name: str, **kw):
-    base = dict(profile="smoke", model={"arch": "resnet18", "attention": "td"}, data_size="tiny", img_size=32, batch_size=16,
-                epochs=2, steps_per_epoch=3, warmup_epochs=0.5, val_batches=2, name=name, progress=False)
+    base = dict(profile="smoke", model={"arch": "resnet18", "attention": "td"}, data_size="tiny", img_size=32,
+                batch_size=16, epochs=2, steps_per_epoch=3, warmup_epochs=0.5, val_batches=2, name=name, progress=False)
     base.update(kw)
     profile = base.pop("profile")
     return load_config(None, profile=profile, **base)

@@ -6,7 +6,7 @@ The one place for the model choices: ``ARCHS``, ``ATTENTIONS`` and the default T
 :func:`create_model` keyword arguments (params files' ``model:``), validated by :func:`check_model`.
 """
 from .blocks import TDBasicBlock, TDBlock, TDBottleneck, TDConvNeXtBlock, TDInvertedResidual, td_block_from
-from .factory import (ARCHS, ATTENTIONS, MODEL_OPTIONS, PLAIN_ALIASES, TD_DEFAULTS, TD_OPTION_DEFAULTS, canonical_model, check_model,
-                      create_model, is_td_model, model_option_names, model_spec)
+from .factory import (ARCHS, ATTENTIONS, MODEL_OPTIONS, PLAIN_ALIASES, TD_DEFAULTS, TD_OPTION_DEFAULTS,
+                      canonical_model, check_model, create_model, is_td_model, model_option_names, model_spec)
 from .steps import StepsMixin, TDConvNeXt, TDMobileNetV3, TDResNet
 from .td import TD_FEEDBACKS, TD_MODES, TD_ORDERS, TD_POOLS, ConvFeedback, TDAttention

@@ -19,8 +19,8 @@ from tdam.validation import check_choice
 from .blocks import TDBlock, td_block_from
 from .steps import _blocks, steps_class_for
 
-__all__ = ["create_model", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names", "MODEL_OPTIONS", "ARCHS", "ATTENTIONS",
-           "PLAIN_ALIASES", "TD_DEFAULTS", "TD_OPTION_DEFAULTS"]
+__all__ = ["create_model", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names",
+           "MODEL_OPTIONS", "ARCHS", "ATTENTIONS", "PLAIN_ALIASES", "TD_DEFAULTS", "TD_OPTION_DEFAULTS"]
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
 ATTENTIONS = (None, "td", "se", "cbam", "eca", "fca")

@@ -75,8 +75,9 @@ def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
     """The checkpoint of the finished run of ``cfg``: reused when present, resumed when interrupted, else trained.
 
     ``key``: what identifies the run beyond ``cfg``'s own semantic config (the transfer runs: their WS-DAN / ASL
-    settings and the backbone checkpoint's digest), kept in ``run_key.json``. ``train_fn(cfg)``: trains ``cfg`` and returns its ``RunResult`` (default
-    ``tdam.train.train``). Raises KeyboardInterrupt when the training was interrupted (call again to resume)."""
+    settings and the backbone checkpoint's digest), kept in ``run_key.json``. ``train_fn(cfg)``: trains ``cfg``
+    and returns its ``RunResult`` (default ``tdam.train.train``). Raises KeyboardInterrupt when the training was
+    interrupted (call again to resume)."""
     if train_fn is None:
         from tdam.train.trainer import train as train_fn
 

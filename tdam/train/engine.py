@@ -153,7 +153,8 @@ class TrainState:
 
 
 def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalContext, *, updates: int,
-                    accum_steps: int = 1, on_update: Callable[[TrainState], bool] | None = None, progress: Any = None) -> bool:
+                    accum_steps: int = 1, on_update: Callable[[TrainState], bool] | None = None,
+                    progress: Any = None) -> bool:
     """Train until ``state.epoch_step == updates`` or the loader ends. ``loader`` yields the REMAINING batches of
     the epoch (the sampler skips what a resumed checkpoint already consumed). ``on_update(state)`` runs after every
     optimizer update but the epoch's last and returns True to stop early (pre-emption); returns whether the epoch

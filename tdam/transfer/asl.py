@@ -66,7 +66,8 @@ def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """mAP = 100 * mean over ALL K classes of the per-class AP (as ASL's validation); scores: sigmoid outputs or logits."""
+    """mAP = 100 * mean over ALL K classes of the per-class AP (as ASL's validation); scores: sigmoid outputs or
+    logits."""
     return 100.0 * float(average_precision_per_class(scores, targets).mean())
 
 

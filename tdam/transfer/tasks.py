@@ -100,7 +100,7 @@ class WSDANTask:
 
 
 class ASLTask:
-    """ASL multi-label classification (Alibaba-MIIL/ASL train.py): ASL loss on the logits (float32); mAP over the whole split
+    """ASL multi-label classification (Alibaba-MIIL/ASL): ASL loss on the logits (float32); mAP over the whole split
     (all ranks gathered) plus CP/CR/CF1/OP/OR/OF1 at ``threshold`` on the sigmoid scores. ``loss`` in the metrics is
     the ASL loss per image."""
 
