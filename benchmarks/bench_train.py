@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     args = p.parse_args()
 
-    cfg = load_config(None, profile="smoke", backbone=args.arch, img_size=args.img_size, batch_size=args.batch_size,
+    cfg = load_config(None, profile="smoke", model={"arch": args.arch}, img_size=args.img_size, batch_size=args.batch_size,
                       workers=args.workers, device=args.device)
     device = torch.device("cuda" if (args.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu")
     amp_dtype = resolve_amp("auto", device)

@@ -71,7 +71,7 @@ def test_ablation_index_covers_table2_and_configs_build():
     for e in entries:
         cfg = nb.ablation_config(e, profile="smoke")
         assert cfg.data_dir is None and cfg.img_size == 64
-        kw = nb.run_model(cfg)
+        kw = dict(cfg.model)
         with torch.device("meta"):
             model = tdam.create_model(**{**kw, "num_classes": 10})
         assert tdam.is_td_model(model) == (kw.get("attention") == "td"), e

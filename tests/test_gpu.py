@@ -53,7 +53,7 @@ def test_forward_steps_on_gpu():
 def test_trainer_bf16_on_gpu(tmp_path):
     import tdam.train
 
-    cfg = tdam.train.load_config(None, profile="smoke", backbone="resnet18", attention="td", epochs=1,
+    cfg = tdam.train.load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}, epochs=1,
                                  steps_per_epoch=5, device="cuda", amp="bf16", output_dir=str(tmp_path / "run"))
     result = tdam.train.train(cfg)
     assert result.checkpoint.exists()

@@ -137,6 +137,8 @@ def test_plain_model_has_one_step():
     (("resnet101",), dict(attention="td", td_blocks={3: (0, 23)}), "0..22"),
     (("resnet50",), dict(t=2), "attention='td'"),
     (("resnet50",), dict(pretrained=True), "never downloads"),
+    (("resnet18",), dict(foo=1), "'foo'"),
+    (("resnet18",), dict(foo=1), "valid model options are ['arch', 'attention', 'num_classes', 't', 'm'"),
 ])
 def test_invalid_configurations(args, kwargs, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
@@ -195,3 +197,20 @@ def test_channels_last_matches():
         ref = model(x)
         out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_model_spec_and_check_model():
+    """The model description: flat parameters -> create_model's keyword arguments; validated by a meta build."""
+    from tdam.models import check_model, model_spec
+
+    assert model_spec("resnet50", "td", t=3, m=None, td_stages=(3, 4)) == {
+        "arch": "resnet50", "attention": "td", "t": 3, "td_stages": [3, 4]}
+    assert model_spec("resnet18", "plain") == {"arch": "resnet18", "attention": None}
+    assert model_spec(None, None, t=2) == {"t": 2}               # None: keep what a params file says
+    check_model({"arch": "mobilenetv3_large_100", "attention": "td", "td_stages": [4, 5, 6]})
+    with pytest.raises(ValueError, match=r"TD options \['t'\] given, but attention='se'"):
+        check_model({"arch": "resnet18", "attention": "se", "t": 5})
+    with pytest.raises(ValueError, match="'arch' is missing"):
+        check_model({"attention": "td"})
+    with pytest.raises(ValueError, match="expected a mapping"):
+        check_model("resnet18")

@@ -1,4 +1,6 @@
-"""TD blocks: t=1 equals the plain block; t=2, 3 equal the unrolled computation of spec 01 §1.2."""
+"""TD blocks: t=1 equals the plain block; t=2, 3 equal the unrolled computation of the paper's TD block
+(step k: bottom map B_k re-weighted by the TD attention of the previous step's top map T_{k-1}, then the last m layers
+re-run with per-step norms)."""
 import copy
 
 import pytest

@@ -1,4 +1,6 @@
-"""The TD module against a direct transcription of spec 01 §1.1, for every mode x order x pooling."""
+"""The TD module against a direct transcription of the paper's equations (a searchlight from the pooled top map, mode
+'top', or from the pooled top and bottom maps, 'joint' / 'additive', applied to the bottom map as channel and spatial
+gates), for every mode x order x pooling."""
 import itertools
 import re
 

@@ -1,7 +1,7 @@
 """DDP on CPU (gloo): 2 processes x batch B/2 == 1 process x batch B, after K updates, to float tolerance.
 
 The equality needs a model whose forward treats samples independently in training mode. BatchNorm does not: under DDP
-each rank normalises with the statistics of its own B/2 images (SyncBatchNorm, ``sync_bn: true``, fixes that on GPUs;
+each rank normalises with the statistics of its own B/2 images (SyncBatchNorm would fix that on GPUs;
 torch has no CPU kernel for it). So the test trains TD-ConvNeXt-T (LayerNorm; TDjoint t=2 m=1 in stages 3-4, a paper
 model at full width) where DDP's gradient average over ranks equals the single-process batch mean exactly in real
 arithmetic. Inputs are a fixed tensor dataset (no random augmentation, whose draws differ per rank by design).
@@ -33,7 +33,7 @@ def _datasets():
 
 
 def _cfg(name: str, batch_size: int, runs: str):
-    return load_config(None, backbone="convnext_tiny", attention="td", epochs=1, steps_per_epoch=K,
+    return load_config(None, model={"arch": "convnext_tiny", "attention": "td"}, epochs=1, steps_per_epoch=K,
                        batch_size=batch_size, lr=0.05, warmup_epochs=0, workers=0, progress=False, name=name,
                        output_dir=f"{runs}/{name}", seed=3)
 
@@ -79,7 +79,7 @@ def test_cli_under_torchrun_on_cpu(tmp_path, shapes_tiny):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tdam.train",
            "--profile", "smoke", "--data_size", "tiny", "--img_size", "32", "--batch_size", "8", "--epochs", "1",
-           "--steps_per_epoch", "2", "--output_dir", str(run), "--backbone", "resnet18", "--attention", "td"]
+           "--steps_per_epoch", "2", "--output_dir", str(run), "--model", "{arch: resnet18, attention: td}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     env = __import__("json").loads((run / "env.json").read_text())

@@ -30,7 +30,7 @@ def test_default_run_learns(tmp_path):
     """Stored defaults (TD-ResNet-18, smoke profile, embedded data): >= 3x chance top-1 on the embedded val split."""
     out = tmp_path / "01.ipynb"
     _papermill(out)
-    run_dir = load_config(None, profile="smoke", backbone="resnet18", attention="td").run_dir()
+    run_dir = load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}).run_dir()
     summary = json.loads((run_dir / "summary.json").read_text())
     top1, chance = summary["final"]["val_top1"], summary["chance_top1"]
     print(f"default notebook run: val top-1 {top1:.1f}% = {top1 / chance:.1f}x chance ({chance:.1f}%)")
@@ -44,5 +44,15 @@ def test_papermill_resnet50(tmp_path):
     _papermill(out, "-p", "backbone", "resnet50")
     text = _stdout(out)
     assert "resnet50_td_joint_t2_m1" in text and "final val top-1" in text
-    run_dir = load_config(None, profile="smoke", backbone="resnet50", attention="td").run_dir()
+    run_dir = load_config(None, profile="smoke", model={"arch": "resnet50", "attention": "td"}).run_dir()
     assert (run_dir / "best.pth").is_file() and (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_papermill_mobilenetv3_default_placement(tmp_path):
+    """MobileNetV3-Large with TD in its own default stages (4, 5, 6) trains from notebook 01."""
+    out = tmp_path / "01_mbv3.ipynb"
+    _papermill(out, "-p", "backbone", "mobilenetv3_large_100", "-p", "epochs", "1", "-p", "steps_per_epoch", "2")
+    text = _stdout(out)
+    assert "mobilenetv3_large_100_td_joint_t2_m1" in text and "final val top-1" in text
+    assert "model: {'arch': 'mobilenetv3_large_100'" in text and "'attention': 'td'}" in text

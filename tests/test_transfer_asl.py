@@ -1,4 +1,4 @@
-"""ASL loss and the ASL-style mAP (spec 06 §2) against formulas written here."""
+"""ASL loss and the ASL-style mAP (Ridnik et al. 2021, Alibaba-MIIL/ASL) against formulas written here."""
 from __future__ import annotations
 
 import numpy as np

@@ -48,7 +48,7 @@ def test_every_params_file_resolves_to_the_paper_recipe(imagenet_checkpoint, tmp
             assert (c.onecycle_epochs, c.pct_start, c.gamma_neg, c.gamma_pos, c.clip) == (80, 0.2, 4, 0, 0.05)
             assert c.disable_torch_grad_focal_loss and c.dataset == "coco2014"
         # the backbone keys come from the checkpoint
-        assert (t.backbone, t.attention) == ("resnet18", "td")
+        assert (t.model["arch"], t.model["attention"]) == ("resnet18", "td") and "num_classes" not in t.model
 
 
 def test_config_errors_name_the_choices(tmp_path):
@@ -102,7 +102,7 @@ def test_wsdan_trains_through_the_trainer_and_resumes_exactly(shapes, tmp_path):
 
 
 def test_wsdan_run_transfer_with_a_tdam_backbone(shapes, tmp_path):
-    tc = _wsdan_cfg(shapes, tmp_path / "r18", backbone="resnet18", attention="td")
+    tc = _wsdan_cfg(shapes, tmp_path / "r18", model={"arch": "resnet18", "attention": "td"})
     tc.train = tc.train.replace(epochs=1, steps_per_epoch=1, val_batches=1)
     result = run_transfer(tc)
     row = result.history[-1]
@@ -116,7 +116,7 @@ def test_wsdan_run_transfer_with_a_tdam_backbone(shapes, tmp_path):
 def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path):
     from tdam.transfer.report import ensure_transfer_run, results_table
 
-    kw = dict(data_dir=str(shapes / "coco2014"), random_backbone=True, backbone="resnet18",
+    kw = dict(data_dir=str(shapes / "coco2014"), random_backbone=True, model={"arch": "resnet18"},
               output_dir=str(tmp_path / "asl"), img_size=32, batch_size=8, epochs=1, steps_per_epoch=2, workers=0,
               progress=False, device="cpu", model_ema_decay=0.5)
     tc = load_transfer_config("_recipe_asl", **kw)
@@ -141,7 +141,7 @@ def test_notebook_params_validate_and_build_the_embedded_runs():
 
     p = TransferNotebookParams(imagenet_attentions=["td", "plain"], wsdan_datasets=["cub200", "stanford_dogs"])
     configs = p.embedded_configs({"td": None, None: None})
-    assert [(c.task, c.dataset, c.train.attention) for c in configs] == [
+    assert [(c.task, c.dataset, c.train.model["attention"]) for c in configs] == [
         ("wsdan", "cub200", "td"), ("wsdan", "cub200", None), ("wsdan", "stanford_dogs", "td"),
         ("wsdan", "stanford_dogs", None), ("asl", "coco2014", "td"), ("asl", "coco2014", None)]
     wsdan, asl = configs[0], configs[-1]

@@ -1,4 +1,4 @@
-"""WS-DAN pieces (spec 06 §1) against direct computations written here."""
+"""WS-DAN pieces (Hu et al. 2019, GuYuc/WS-DAN.PyTorch) against direct computations written here."""
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,12 @@
-"""TD and baseline models (timm ResNet, ConvNeXt, MobileNetV3)."""
+"""TD and baseline models (timm ResNet, ConvNeXt, MobileNetV3).
+
+The one place for the model choices: ``ARCHS``, ``ATTENTIONS`` and the default TD placement/options in
+:mod:`.factory`; ``TD_MODES``, ``TD_ORDERS``, ``TD_FEEDBACKS``, ``TD_POOLS`` in :mod:`.td`; the feedback distances
+``m`` each block type allows in its ``m_layers`` (:mod:`.blocks`). A model is described by the mapping of
+:func:`create_model` keyword arguments (params files' ``model:``), validated by :func:`check_model`.
+"""
 from .blocks import TDBasicBlock, TDBlock, TDBottleneck, TDConvNeXtBlock, TDInvertedResidual, td_block_from
-from .factory import ARCHS, ATTENTIONS, TD_DEFAULTS, create_model, default_td_placement, is_td_model
+from .factory import (ARCHS, ATTENTIONS, MODEL_OPTIONS, PLAIN_ALIASES, TD_DEFAULTS, TD_OPTION_DEFAULTS,
+                      canonical_model, check_model, create_model, is_td_model, model_option_names, model_spec)
 from .steps import StepsMixin, TDConvNeXt, TDMobileNetV3, TDResNet
 from .td import TD_FEEDBACKS, TD_MODES, TD_ORDERS, TD_POOLS, ConvFeedback, TDAttention

@@ -27,6 +27,8 @@ from timm.layers import trunc_normal_
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 
+from tdam.validation import check_int
+
 __all__ = [
     "SE", "CBAM", "ChannelGate", "SpatialGate", "ECA", "FCA", "MultiSpectralDCTLayer",
     "eca_kernel_size", "fca_frequency_indices", "dct_filters",
@@ -36,16 +38,10 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _hidden_width(channels: int, reduction: int) -> int:
     """Official bottleneck width of SE/CBAM/FCA: floor(C / r) (no rounding to multiples of 8 as in timm)."""
-    _check_int("channels", channels, 1)
-    _check_int("reduction", reduction, 1)
+    check_int("channels", channels, 1)
+    check_int("reduction", reduction, 1)
     hidden = channels // reduction
     if hidden < 1:
         raise ValueError(f"channels // reduction must be >= 1, got {channels} // {reduction} = 0")
@@ -183,8 +179,8 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     ``|t|_odd`` is implemented as in the paper's code form: ``t = int(|(log2 C + b) / gamma|)`` (truncation), then
     ``k = t`` if t is odd else ``t + 1``. C = 64 -> 3, 128/256/512/1024 -> 5, 2048 -> 7 (16..127 -> 3).
     """
-    _check_int("channels", channels, 1)
-    _check_int("gamma", gamma, 1)
+    check_int("channels", channels, 1)
+    check_int("gamma", gamma, 1)
     t = int(abs((math.log2(channels) + b) / gamma))
     return t if t % 2 else t + 1
 
@@ -197,7 +193,9 @@ class ECA(nn.Module):
 
     def __init__(self, channels: int, k_size: int | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
-        k = eca_kernel_size(channels) if k_size is None else _check_int("k_size", k_size, 1)
+        if k_size is not None:
+            check_int("k_size", k_size, 1)
+        k = eca_kernel_size(channels) if k_size is None else k_size
         if k % 2 == 0:
             raise ValueError(f"k_size must be odd (padding (k-1)//2 keeps the channel count only then), got {k}")
         self.k_size = k

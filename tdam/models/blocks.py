@@ -238,7 +238,7 @@ def _convnext_init(module: nn.Module) -> None:
 
 
 class TDInvertedResidual(TDBlock):
-    """MobileNetV3 InvertedResidual with TD (not in the authors' code; our adaptation, spec 01 §1.2).
+    """MobileNetV3 InvertedResidual with TD (not in the authors' code; our adaptation of their ResNet block).
 
     m=1 only: R = conv_pwl, bn3 (per-step bn3_k), B = the depthwise output after its activation. The block's SE is
     removed by default (TD is the block's channel attention); ``keep_se=True`` keeps it in front of B.

@@ -6,9 +6,11 @@ timm's registry (``timm.create_model('td_resnet50', t=2, m=1)``).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Iterable, Mapping
 
 import timm
+import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
 
@@ -17,10 +19,12 @@ from tdam.validation import check_choice
 from .blocks import TDBlock, td_block_from
 from .steps import _blocks, steps_class_for
 
-__all__ = ["create_model", "is_td_model", "ARCHS", "ATTENTIONS", "TD_DEFAULTS", "default_td_placement"]
+__all__ = ["create_model", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names",
+           "MODEL_OPTIONS", "ARCHS", "ATTENTIONS", "PLAIN_ALIASES", "TD_DEFAULTS", "TD_OPTION_DEFAULTS"]
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
 ATTENTIONS = (None, "td", "se", "cbam", "eca", "fca")
+PLAIN_ALIASES = ("plain", "none", "")  # how YAML files, notebooks and CLIs spell attention=None (the plain backbone)
 _ATTENTIONS_FOR = {
     **{a: ATTENTIONS for a in ARCHS if a.startswith("resnet")},
     "convnext_tiny": (None, "td", "fca"),
@@ -40,10 +44,9 @@ TD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def default_td_placement(arch: str) -> dict[str, Any]:
-    """The default ``td_stages``/``td_blocks`` of an architecture."""
-    check_choice("arch", arch, ARCHS)
-    return dict(TD_DEFAULTS[arch])
+# The TD options create_model uses when they are not given (the paper's TDjoint with t=2 steps, m=1).
+TD_OPTION_DEFAULTS: dict[str, Any] = dict(t=2, m=1, td_mode="joint", td_order="channel_spatial",
+                                          td_feedback="attention", td_pool="avg")
 
 
 def _resolve_blocks(stages: list[nn.Module], arch: str, td_stages, td_blocks) -> dict[int, tuple[int, ...]]:
@@ -174,7 +177,10 @@ def create_model(
 
         layer = resnet_attn_layer(attention, arch=arch, eca_kernels=eca_kernels or "adaptive")
         base_kwargs["block_args"] = dict(base_kwargs.get("block_args") or {}, attn_layer=layer)
-    model = timm.create_model(arch, pretrained=False, **base_kwargs)
+    try:
+        model = timm.create_model(arch, pretrained=False, **base_kwargs)
+    except TypeError as e:  # an option neither create_model nor timm's model knows, or one of the wrong type
+        raise ValueError(f"{arch}: {e}; valid model options are {model_option_names(arch)}") from None
     model.__class__ = steps_class_for(model)  # timm's class + step-wise evaluation methods (adds no state)
 
     if attention == "fca" and arch == "convnext_tiny":
@@ -184,9 +190,8 @@ def create_model(
     if attention in ("se", "cbam", "eca", "fca") and attn_stages is not None:
         _strip_attention(model, attn_stages)
     if attention == "td":
-        _add_td(model, arch, t=2 if t is None else t, m=1 if m is None else m, td_mode=td_mode or "joint",
-                td_order=td_order or "channel_spatial", td_feedback=td_feedback or "attention",
-                td_pool=td_pool or "avg", td_stages=td_stages, td_blocks=td_blocks,
+        td = {**TD_OPTION_DEFAULTS, **{k: v for k, v in td_given.items() if k in TD_OPTION_DEFAULTS}}
+        _add_td(model, arch, **td, td_stages=td_stages, td_blocks=td_blocks,
                 td_zero_init_step_norms=bool(td_zero_init_step_norms), td_keep_se=bool(td_keep_se))
 
     config = dict(arch=arch, attention=attention, num_classes=num_classes, **td_given, **timm_kwargs)
@@ -199,6 +204,58 @@ def create_model(
         config["td_blocks"] = {int(k): list(v) for k, v in config["td_blocks"].items()}
     model.model_config = config
     return model
+
+
+# create_model's own options (timm's model options, e.g. drop_path_rate, are accepted too: see model_option_names).
+MODEL_OPTIONS = tuple(p for p in inspect.signature(create_model).parameters if p not in ("timm_kwargs", "pretrained"))
+
+
+def model_option_names(arch: str) -> list[str]:
+    """Every keyword a model description may hold for ``arch``: create_model's own and those of timm's model class
+    (``drop_rate``, ``drop_path_rate``, ``global_pool``, ...)."""
+    own = list(MODEL_OPTIONS)
+    with torch.device("meta"):
+        timm_cls = type(timm.create_model(arch, pretrained=False))
+    theirs = {p.name for p in inspect.signature(timm_cls.__init__).parameters.values()
+              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
+    return own + sorted(theirs - set(own))
+
+
+def model_spec(arch: str | None = None, attention: str | None = None, **options: Any) -> dict[str, Any]:
+    """A model description from flat parameters (notebook 01, ``ensure_checkpoint``): the mapping of
+    :func:`create_model` keyword arguments. Options left at ``None`` are dropped (create_model's default, or the
+    params file's value, applies); ``attention`` 'plain'/'none' becomes ``None``, the plain backbone.
+    Example: ``model_spec('resnet50', 'td', t=3, m=None) == {'arch': 'resnet50', 'attention': 'td', 't': 3}``."""
+    spec = {k: v for k, v in dict(arch=arch, attention=attention, **options).items() if v is not None}
+    return canonical_model(spec)
+
+
+def canonical_model(model: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the model description as YAML and JSON write it: the plain backbone spelled ``attention: None``
+    (YAML/CLI 'plain'), tuples as lists (``td_stages``, the ``td_blocks`` block lists)."""
+    out = dict(model)
+    if isinstance(out.get("attention"), str) and out["attention"].lower() in PLAIN_ALIASES:
+        out["attention"] = None
+    for k, v in out.items():
+        if isinstance(v, tuple):
+            out[k] = list(v)
+        elif isinstance(v, Mapping):
+            out[k] = {kk: list(vv) if isinstance(vv, (tuple, range)) else vv for kk, vv in v.items()}
+    return out
+
+
+def check_model(model: Any) -> None:
+    """Validate a model description (the mapping of :func:`create_model` keyword arguments) the only way that cannot
+    drift from create_model: by building it on the meta device (no memory, no weights; well under a second for the
+    largest models). Raises ValueError naming the valid choices, the option that does not apply to the chosen model
+    (e.g. ``t`` with attention 'se'), or the valid model options for an unknown key."""
+    if not isinstance(model, Mapping):
+        raise ValueError(f"model={model!r}: expected a mapping of tdam.create_model options, e.g. "
+                         "{arch: resnet50, attention: td, t: 2, m: 1}")
+    if "arch" not in model:
+        raise ValueError(f"model: 'arch' is missing; valid choices are {list(ARCHS)}")
+    with torch.device("meta"):
+        create_model(**model)
 
 
 def is_td_model(model: nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""Computation steps at inference (the paper's step protocol, spec 01 §1.3).
+"""Computation steps at inference (the paper's step protocol, supplement §1.2).
 
 "To operate the TD model at different computational steps, the time steps of all blocks in the LAST TD stage are set
 to 1 ... t" -- earlier stages keep their trained t. ``forward_steps`` returns the logits for every step count while

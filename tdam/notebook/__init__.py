@@ -7,10 +7,10 @@ Typical cells: ``p = nb.parameters("06_weak_localization", globals())``, ``td, b
 """
 from .outputs import file_digest, provenance, run_dir, save_figure, write_json, write_table
 from .params import NOTEBOOKS, VALIDATORS, Params, notebook_defaults, parameters
-from .runs import ablation_config, ablation_run, checkpoint, checkpoints, load_pair, resolve_checkpoint, run_model
+from .runs import ablation_config, ablation_run, checkpoint, checkpoints, load_pair, resolve_checkpoint
 
 __all__ = [
     "file_digest", "provenance", "run_dir", "save_figure", "write_json", "write_table",
     "NOTEBOOKS", "VALIDATORS", "Params", "notebook_defaults", "parameters",
-    "ablation_config", "ablation_run", "checkpoint", "checkpoints", "load_pair", "resolve_checkpoint", "run_model",
+    "ablation_config", "ablation_run", "checkpoint", "checkpoints", "load_pair", "resolve_checkpoint",
 ]

@@ -14,7 +14,7 @@ import torch
 
 from tdam.evaluation.data import EvalRun, load_run, run_data_settings
 
-__all__ = ["checkpoint", "resolve_checkpoint", "checkpoints", "load_pair", "ablation_config", "run_model",
+__all__ = ["checkpoint", "resolve_checkpoint", "checkpoints", "load_pair", "ablation_config",
            "ablation_run"]
 
 
@@ -62,15 +62,10 @@ def ablation_config(entry: Mapping, *, profile: str | None = None, backbone_over
 
     kw = dict(overrides)
     if backbone_override is not None:
-        kw["backbone"] = backbone_override
+        kw["model"] = {"arch": backbone_override}     # merged key by key into the row's model
     if data_dir is not None:
         kw["data_dir"] = str(data_dir)
     return load_config(entry["params"], profile=profile, **kw)
-
-
-def run_model(cfg) -> dict:
-    """The ``create_model`` kwargs (with ``arch``) of a trainer config: the one place that reads its model fields."""
-    return {"arch": cfg.backbone, **cfg.model_kwargs()}
 
 
 def ablation_run(entry: Mapping, cfg, *, train: bool = True, device: torch.device, **evaluation: Any) -> dict:
@@ -80,4 +75,4 @@ def ablation_run(entry: Mapping, cfg, *, train: bool = True, device: torch.devic
     from tdam.train.cache import ensure_run, find_checkpoint
 
     ckpt = ensure_run(cfg) if train else find_checkpoint(cfg)
-    return ablation_row(entry, run_model(cfg), ckpt, run_data_settings(cfg.to_dict()), device=device, **evaluation)
+    return ablation_row(entry, dict(cfg.model), ckpt, run_data_settings(cfg.to_dict()), device=device, **evaluation)

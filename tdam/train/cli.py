@@ -8,9 +8,16 @@ Examples::
     python -m tdam.train --config <yaml> --resume true                             # continue <run dir>/last.pth
     python -m tdam.train --config <yaml> --print-config                            # show the resolved config
 
-``--key value`` sets any :class:`~tdam.train.config.TrainConfig` field; values are read as YAML (``--td_stages
-[4]``, ``--lr 0.4``, ``--attention plain``, ``--resume true``); a bare ``--flag`` means true. Exit codes: 0 done
-(or pre-empted after saving a resumable checkpoint), 1 non-finite loss, 2 invalid configuration or data layout.
+``--key value`` sets any :class:`~tdam.train.config.TrainConfig` field; values are read as YAML (``--lr 0.4``,
+``--resume true``); a bare ``--flag`` means true. The model (the keyword arguments of ``tdam.create_model``) is set
+key by key with dotted keys, or as a YAML mapping merged into the file's::
+
+    python -m tdam.train --config resnet50_td_joint_t2_m1 --model.t 3 --model.td_stages [4]
+    python -m tdam.train --config resnet50_td_joint_t2_m1 --model '{arch: resnet18, m: 2}'
+    python -m tdam.train --config resnet18_se --model.attention plain
+
+Exit codes: 0 done (or pre-empted after saving a resumable checkpoint), 1 non-finite loss, 2 invalid configuration
+or data layout.
 """
 from __future__ import annotations
 
@@ -24,7 +31,8 @@ __all__ = ["main", "parse_overrides"]
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
-    """``['--epochs', '3', '--td_stages=[4]', '--compile']`` -> ``{'epochs': 3, 'td_stages': [4], 'compile': True}``."""
+    """``['--epochs', '3', '--model.td_stages=[4]', '--compile']`` ->
+    ``{'epochs': 3, 'model': {'td_stages': [4]}, 'compile': True}``."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
@@ -38,14 +46,24 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
                 value, i = tokens[i + 1], i + 1
             else:
                 value = "true"
-        out[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        section, dot, sub = key.partition(".")
+        if dot:                                   # --model.t 3: one key of a mapping-valued field
+            if not sub or "." in sub:
+                raise ValueError(f"unexpected argument {tok!r}: dotted overrides are written --model.<key> value")
+            parsed, key = {sub: parsed}, section
+        if isinstance(out.get(key), dict) and isinstance(parsed, dict):
+            out[key] = {**out[key], **parsed}
+        else:
+            out[key] = parsed
         i += 1
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tdam.train", description=__doc__.split("\n\n")[0],
-                                     epilog="Any other --key value pair overrides that TrainConfig field.")
+                                     epilog="Any other --key value pair overrides that TrainConfig field; "
+                                            "--model.<key> value sets one tdam.create_model option.")
     parser.add_argument("--config", help="params YAML (path, or a name under params/imagenet/)")
     parser.add_argument("--profile", help="overlay under params/profiles/ (e.g. smoke)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

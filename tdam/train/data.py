@@ -19,17 +19,11 @@ from tdam.train.state import ResumableSampler, ShardSampler
 
 __all__ = ["data_root", "build_datasets", "build_loaders", "bad_image_count"]
 
-_EMBEDDED_FOLDER = {"imagenet": "imagenet", "cub200": "cub200/CUB_200_2011", "stanford_dogs": "stanford_dogs",
-                    "coco2014": "coco2014"}
-
-
 def data_root(cfg: TrainConfig) -> Path:
     """The dataset root: ``cfg.data_dir``, or the embedded dataset's folder for ``cfg.dataset``."""
-    if cfg.data_dir is not None:
-        return Path(cfg.data_dir).expanduser()
-    from tdam.data import make_shapes_dataset
+    from tdam.data import dataset_root
 
-    return make_shapes_dataset(size=cfg.data_size) / _EMBEDDED_FOLDER[cfg.dataset]
+    return dataset_root(cfg.dataset, cfg.data_dir, size=cfg.data_size)
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -43,8 +37,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
                                interpolation=cfg.interpolation)
     val_tf = build_transform("val", img_size=cfg.img_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
     policy = "skip" if cfg.skip_bad_images else "raise"
-    train_set = build_dataset(cfg.dataset, root, cfg.train_split, transform=train_tf, on_bad_image=policy)
-    val_set = build_dataset(cfg.dataset, root, cfg.val_split, transform=val_tf, on_bad_image=policy)
+    train_set = build_dataset(cfg.dataset, root, "train", transform=train_tf, on_bad_image=policy)
+    val_set = build_dataset(cfg.dataset, root, "val", transform=val_tf, on_bad_image=policy)
     return train_set, val_set
 
 
@@ -58,7 +52,7 @@ def build_loaders(cfg: TrainConfig, train_set: Any, val_set: Any, dist: DistInfo
     from tdam.data.loader import CountingDataLoader, collate_drop_bad, seed_worker
 
     sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, seed=cfg.seed)
-    common = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory and dist.device.type == "cuda",
+    common = dict(num_workers=cfg.workers, pin_memory=dist.device.type == "cuda",
                   persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
                   collate_fn=partial(collate_drop_bad, collate=default_collate))
     train_loader = CountingDataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,

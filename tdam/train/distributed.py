@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup", "env_world_size"]
+from tdam.validation import resolve_device
+
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -52,28 +54,10 @@ def _env_rank_info() -> tuple[int, int, int]:
     return 0, 0, 1
 
 
-def env_world_size() -> int:
-    return _env_rank_info()[2]
-
-
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda") or device == "auto":
-        if not torch.cuda.is_available():
-            if device == "auto":
-                return torch.device("cpu")
-            raise ValueError(f"device={device!r} but CUDA is not available here: valid choices are 'auto', 'cpu'")
-        if device.startswith("cuda:"):
-            return torch.device(device)
-        return torch.device("cuda", local_rank)
-    raise ValueError(f"device={device!r}: valid choices are 'auto', 'cpu', 'cuda', 'cuda:N'")
-
-
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by the environment (no-op for one process) and pick this rank's device."""
     rank, local_rank, world_size = _env_rank_info()
-    dev = _pick_device(device, local_rank)
+    dev = resolve_device(device, local_rank)
     if world_size > 1:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -39,7 +39,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.utils import dispatch_clip_grad
 
 from tdam.checkpoint import unwrap_model
 from tdam.train.distributed import all_reduce_sum
@@ -95,15 +94,14 @@ class ClassificationTask:
     """Single-label classification: label-smoothed cross-entropy, or timm Mixup/CutMix with soft-target CE."""
     primary_metric = "top1"
 
-    def __init__(self, num_classes: int, *, smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
-                 mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, mixup_mode: str = "batch") -> None:
+    def __init__(self, num_classes: int, *, smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0
+                 ) -> None:
         from timm.data import Mixup
 
         self.num_classes = num_classes
         self.mixup_fn = None
-        if mixup > 0 or cutmix > 0:
-            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob,
-                                  switch_prob=mixup_switch_prob, mode=mixup_mode, label_smoothing=smoothing,
+        if mixup > 0 or cutmix > 0:   # timm's defaults: on every batch, Mixup or CutMix with probability 1/2 each
+            self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
                                   num_classes=num_classes)
             self.criterion: nn.Module = SoftTargetCrossEntropy()       # mixed targets carry the smoothing
         elif smoothing > 0:
@@ -155,8 +153,8 @@ class TrainState:
 
 
 def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalContext, *, updates: int,
-                    accum_steps: int = 1, clip_grad: float | None = None, clip_mode: str = "norm",
-                    on_update: Callable[[TrainState], bool] | None = None, progress: Any = None) -> bool:
+                    accum_steps: int = 1, on_update: Callable[[TrainState], bool] | None = None,
+                    progress: Any = None) -> bool:
     """Train until ``state.epoch_step == updates`` or the loader ends. ``loader`` yields the REMAINING batches of
     the epoch (the sampler skips what a resumed checkpoint already consumed). ``on_update(state)`` runs after every
     optimizer update but the epoch's last and returns True to stop early (pre-emption); returns whether the epoch
@@ -185,9 +183,6 @@ def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalCo
         state.meter.loss_sum += loss_value * images.shape[0]
         state.meter.samples += images.shape[0]
         if last_micro:
-            if clip_grad is not None:
-                scaler.unscale_(optimizer)
-                dispatch_clip_grad(unwrap_model(model).parameters(), clip_grad, mode=clip_mode)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ from collections import deque
 import yaml
 
 from tdam.train.config import TrainConfig
+from tdam.validation import check_int
 from tdam.train.plots import read_metrics
 from tdam.train.trainer import RunResult, train
 
@@ -29,8 +30,7 @@ def check_gpus(gpus: int) -> int:
     """Validate the notebook's ``gpus`` parameter against the visible CUDA devices."""
     import torch
 
-    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
-        raise ValueError(f"gpus={gpus!r}: expected 0 (CPU), 1 (one GPU) or the number of GPUs for torchrun")
+    check_int("gpus (0: CPU, 1: one GPU, N: torchrun on N GPUs)", gpus, 0)
     if gpus > torch.cuda.device_count():
         raise ValueError(f"gpus={gpus} but {torch.cuda.device_count()} CUDA device(s) are visible: use gpus=0 (CPU)"
                          + (f" or 1..{torch.cuda.device_count()}" if torch.cuda.device_count() else ""))

@@ -39,7 +39,7 @@ from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, i
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
 from tdam.train.state import rng_state, seed_everything, set_rng_state, versions
 
-__all__ = ["train", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
+__all__ = ["train", "build_model", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_val_top1",
                   "ema_val_top5", "images_per_s", "data_wait", "epoch_time_s", "peak_mem_mb", "bad_images")
@@ -96,6 +96,12 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16" and device.type != "cuda":
         raise ValueError("amp='fp16' needs a CUDA device: valid choices on CPU are 'auto', 'bf16', 'fp32'")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """``tdam.create_model(**cfg.model)``: the model description unchanged, with ``num_classes`` (the data's class
+    count) added unless the description names it."""
+    return tdam.create_model(**{"num_classes": num_classes, **cfg.model})
 
 
 def train(cfg: TrainConfig, *, task: Task | None = None, datasets: tuple[Any, Any] | None = None,
@@ -186,28 +192,22 @@ class _Run:
         barrier()
         self.log = _Log(self.run_dir / "train.log" if d.is_main else None)
         train_set, val_set = self.datasets if self.datasets is not None else build_datasets(cfg)
-        self.num_classes = cfg.num_classes or len(train_set.classes)
+        self.num_classes = cfg.model.get("num_classes") or len(train_set.classes)
 
         seed_everything(cfg.seed)                       # identical initial weights on every rank
-        build_model = getattr(self.task, "build_model", None)     # task hook: e.g. WS-DAN on a trained backbone
-        model = (build_model(self.num_classes) if build_model is not None
-                 else tdam.create_model(cfg.backbone, num_classes=self.num_classes, **cfg.model_kwargs()))
+        task_model = getattr(self.task, "build_model", None)      # task hook: e.g. WS-DAN on a trained backbone
+        model = task_model(self.num_classes) if task_model is not None else build_model(cfg, self.num_classes)
         self.model_config = dict(model.model_config)
         model.to(d.device)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else d.device.type == "cuda"
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        if cfg.sync_bn and d.enabled:
-            if d.device.type != "cuda":
-                raise ValueError("sync_bn=True needs CUDA (torch's SyncBatchNorm has no CPU kernel): "
-                                 "set sync_bn: false")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model                              # the plain module: state dicts, EMA, evaluation
         from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup) if cfg.model_ema else None
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         self.lr = cfg.resolved_lr(d.world_size)
         build_optimizer = getattr(self.task, "build_optimizer", None)
         optimizer = (build_optimizer(model, cfg, self.lr) if build_optimizer is not None
@@ -235,12 +235,10 @@ class _Run:
             run_model = torch.compile(run_model)
         if d.enabled:
             run_model = nn.parallel.DistributedDataParallel(
-                run_model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                find_unused_parameters=cfg.find_unused_parameters)
+                run_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         self.state = TrainState(model=run_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
         self.task = self.task or ClassificationTask(
-            self.num_classes, smoothing=cfg.smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix,
-            mixup_prob=cfg.mixup_prob, mixup_switch_prob=cfg.mixup_switch_prob, mixup_mode=cfg.mixup_mode)
+            self.num_classes, smoothing=cfg.smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix)
         self.ctx = EvalContext(device=d.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
                                max_batches=cfg.val_batches)
         seed_everything(cfg.seed + d.rank)              # per-rank augmentation / Mixup / drop-path streams
@@ -379,8 +377,8 @@ class _Run:
                 progress = self.progress_bar(s)
                 try:
                     cut = train_one_epoch(s, self.task, self.train_loader, self.ctx, updates=self.updates_per_epoch,
-                                          accum_steps=cfg.accum_steps, clip_grad=cfg.clip_grad,
-                                          clip_mode=cfg.clip_mode, on_update=self.on_update, progress=progress)
+                                          accum_steps=cfg.accum_steps, on_update=self.on_update,
+                                          progress=progress)
                 finally:
                     if progress is not None:
                         progress.close()
@@ -417,7 +415,7 @@ class _Run:
             return self.result(interrupted=False)
 
     def finish_epoch(self) -> dict[str, Any]:
-        cfg, s, d = self.cfg, self.state, self.dist
+        s, d = self.state, self.dist
         m = s.meter
         totals = torch.tensor([m.loss_sum, m.samples], dtype=torch.float64, device=d.device)
         all_reduce_sum(totals)
@@ -428,12 +426,11 @@ class _Run:
             "data_wait": m.data_time / busy if busy > 0 else float("nan"), "epoch_time_s": busy,
             "peak_mem_mb": self.peak_memory_mb(), "bad_images": bad_image_count(self.train_loader),
         }
-        if (s.epoch + 1) % cfg.eval_every == 0 or s.epoch + 1 == cfg.epochs:
-            val = self.task.evaluate(self.model, self.val_loader, self.ctx)
-            row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
-            if s.ema is not None:
-                ema_val = self.task.evaluate(s.ema.module, self.val_loader, self.ctx)
-                row.update({f"ema_val_{k}": v for k, v in ema_val.items() if k != "samples"})
+        val = self.task.evaluate(self.model, self.val_loader, self.ctx)
+        row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
+        if s.ema is not None:
+            ema_val = self.task.evaluate(s.ema.module, self.val_loader, self.ctx)
+            row.update({f"ema_val_{k}": v for k, v in ema_val.items() if k != "samples"})
         self.history.append(row)
         key = f"val_{self.task.primary_metric}"
         is_best = row.get(key) is not None and (self.best is None or row[key] > self.best[key])

@@ -1,4 +1,4 @@
-"""Transfer experiments of the TDAM supplement §1.3 (spec 06-transfer.md): our ImageNet backbones in WS-DAN
+"""Transfer experiments of the TDAM supplement §1.3: our ImageNet backbones in WS-DAN
 (fine-grained: CUB-200-2011, Stanford Dogs) and with ASL (multi-label: MS-COCO 2014), trained by the shared trainer.
 
 - :mod:`~tdam.transfer.wsdan`: attention maps, bilinear attention pooling, feature centers, attention crop / drop,
@@ -6,6 +6,7 @@
 - :mod:`~tdam.transfer.asl`: timm's asymmetric loss configured as the original; ASL's mAP and CP/CR/CF1/OP/OR/OF1.
 - :mod:`~tdam.transfer.tasks`: both as trainer tasks; :mod:`~tdam.transfer.run`: params files -> runs;
   :mod:`~tdam.transfer.report`: cached runs, tables, figures; :mod:`~tdam.transfer.notebook`: notebook 07.
+- The input pipelines are ``tdam.data.build_transform(split, size, preset='wsdan' | 'asl')``.
 """
 from tdam.transfer.asl import asymmetric_loss, average_precision_per_class, mean_average_precision, multilabel_prf
 from tdam.transfer.models import build_asl_model, build_wsdan, load_backbone, load_wsdan

@@ -22,7 +22,7 @@ AP_EPS = 1e-8
 
 def asymmetric_loss(gamma_neg: float = 4, gamma_pos: float = 0, clip: float | None = 0.05, eps: float = 1e-8,
                     disable_torch_grad_focal_loss: bool = True, reduction: str = "sum") -> AsymmetricLossMultiLabel:
-    """timm's ASL with the original COCO configuration as defaults (spec 06 §2.1, §2.5).
+    """timm's ASL with the original COCO configuration as defaults (gamma_neg 4, gamma_pos 0, clip 0.05).
 
     ``reduction='sum'`` gives the original -sum over batch and classes (timm's own default 'batchmean' divides by
     B); the focusing weight (1 - pt)^gamma is a detached constant (``disable_torch_grad_focal_loss``). timm computes
@@ -51,7 +51,7 @@ def _check_multilabel(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torc
 
 
 def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Non-interpolated AP per class (K,), as ASL's ``helper_functions.average_precision`` (spec 06 §2.3).
+    """Non-interpolated AP per class (K,), as ASL's ``helper_functions.average_precision``.
 
     Per class: rank the N scores in descending order, take precision@i at every rank i holding a positive, and divide
     their sum by (#positives + 1e-8); a class without positives gets 0. Ties are broken by sample index (a stable
@@ -66,7 +66,8 @@ def average_precision_per_class(scores: torch.Tensor, targets: torch.Tensor) -> 
 
 
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """mAP = 100 * mean over ALL K classes of the per-class AP (spec 06 §2.3); scores: sigmoid outputs or logits."""
+    """mAP = 100 * mean over ALL K classes of the per-class AP (as ASL's validation); scores: sigmoid outputs or
+    logits."""
     return 100.0 * float(average_precision_per_class(scores, targets).mean())
 
 

@@ -62,7 +62,7 @@ class TransferNotebookParams:
                     att = None if att == "plain" else att
                     tag = f"{p.imagenet_arch}_{att or 'plain'}"
                     kw = dict(backbone_checkpoint=ckpt) if ckpt else dict(
-                        random_backbone=True, backbone=p.imagenet_arch, attention=att)
+                        random_backbone=True, model={"arch": p.imagenet_arch, "attention": att})
                     configs.append(load_transfer_config(
                         f"_recipe_{task}", dataset=ds, name=f"{ds}_{task}_{tag}-embedded-s{p.seed}",
                         **kw, **self._overrides(task)))

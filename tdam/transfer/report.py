@@ -15,7 +15,7 @@ __all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_tabl
            "crop_drop_examples", "crop_drop_figure", "transfer_key", "dataset_summary", "chance_level",
            "save_results", "crop_drop_figures"]
 
-# The paper's settings (supplement §1.3, restated in spec 06): what each run is compared against.
+# The paper's settings (supplement §1.3, which follows the WS-DAN and ASL recipes): what each run is compared against.
 PAPER_SETUP = {
     "wsdan": {"img_size": 448, "batch_size": 12, "epochs": 160, "opt": "momentum", "lr": 1e-3,
               "schedule": "x0.9 every 2 epochs", "weight_decay": 1e-5, "num_attentions": 32, "beta": 0.05,
@@ -69,29 +69,20 @@ class TransferResult:
 
 def ensure_transfer_run(tcfg: TransferConfig) -> TransferResult:
     """The finished run of ``tcfg``: reused when its folder holds a finished run of the same config, resumed when
-    interrupted, else trained. A folder holding a DIFFERENT config raises ValueError (never silently reused)."""
-    from tdam.checkpoint import read_checkpoint
+    interrupted, else trained (``tdam.train.cache.ensure_run``: the same lock / reuse / resume mechanism as the
+    ImageNet runs). A folder holding a DIFFERENT config raises ValueError (never silently reused)."""
+    import dataclasses
 
+    from tdam.checkpoint import read_checkpoint
+    from tdam.train.cache import ensure_run
+
+    def train_fn(cfg):
+        return run_transfer(dataclasses.replace(tcfg, train=cfg))
+
+    ensure_run(tcfg.train, key=transfer_key(tcfg), train_fn=train_fn)
     run_dir = tcfg.train.run_dir()
-    key, key_path, last = transfer_key(tcfg), run_dir / "transfer.json", run_dir / "last.pth"
-    if key_path.is_file():
-        have = json.loads(key_path.read_text())
-        if have != key:
-            diff = sorted(k for k in set(have) | set(key) if have.get(k) != key.get(k))
-            raise ValueError(f"{run_dir} holds a transfer run of a different config (differs in {diff}); remove it "
-                             f"or choose another name")
-    if last.is_file() and key_path.is_file():
-        ck = read_checkpoint(last)
-        if int(ck.get("epoch", 0)) >= tcfg.train.epochs:
-            return TransferResult(tcfg, run_dir, list(ck["metrics"]["history"]), ck["metrics"]["best"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key_path.write_text(json.dumps(key, indent=1))
-    cfg = tcfg.train.replace(resume=last.is_file())
-    tcfg = TransferConfig(**{**{k: getattr(tcfg, k) for k in tcfg.__dataclass_fields__}, "train": cfg})
-    result = run_transfer(tcfg)
-    if result.interrupted:
-        raise KeyboardInterrupt(f"transfer run {run_dir} was interrupted; call again to resume it")
-    return TransferResult(tcfg, run_dir, list(result.history), result.best)
+    ck = read_checkpoint(run_dir / "last.pth")
+    return TransferResult(tcfg, run_dir, list(ck["metrics"]["history"]), ck["metrics"]["best"])
 
 
 def _backbone_label(tcfg: TransferConfig) -> str:

@@ -2,7 +2,9 @@
 
 A transfer params YAML holds the trainer's keys (:class:`tdam.train.TrainConfig`: batch, epochs, lr, AMP, EMA, ...)
 plus the transfer keys of :class:`TransferConfig` (which framework, which dataset, the ImageNet backbone checkpoint,
-the WS-DAN / ASL hyper-parameters). :func:`run_transfer` trains through ``tdam.train.train`` (same checkpointing,
+the WS-DAN / ASL hyper-parameters). The backbone's model description (the trainer's ``model:``) is the checkpoint's
+own ``model_config`` (without its ImageNet ``num_classes``), so run names and logs name the backbone.
+:func:`run_transfer` trains through ``tdam.train.train`` (same checkpointing,
 resume, AMP and DDP as the ImageNet runs) into ``runs/07_transfer/<name>``.
 """
 from __future__ import annotations
@@ -12,13 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tdam.paths import params_dir, repo_root, runs_dir
+from tdam.validation import check_bool, check_choice, check_int, check_number
 
 __all__ = ["TransferConfig", "load_transfer_config", "transfer_data_root", "build_transfer_datasets",
            "build_task", "run_transfer", "RUNS_SUBDIR", "TASK_DATASETS"]
 
 RUNS_SUBDIR = "07_transfer"
 TASK_DATASETS = {"wsdan": ("cub200", "stanford_dogs"), "asl": ("coco2014",)}
-_EMBEDDED = {"cub200": "cub200/CUB_200_2011", "stanford_dogs": "stanford_dogs", "coco2014": "coco2014"}
 
 
 @dataclass
@@ -32,7 +34,7 @@ class TransferConfig:
     backbone_checkpoint: str | None = None       # our ImageNet checkpoint (relative paths: from the repository root)
     backbone_use_ema: bool = False
     random_backbone: bool = False                # no checkpoint: randomly initialised backbone (tests only)
-    # WS-DAN (spec 06 §1)
+    # WS-DAN (Hu et al. 2019; GuYuc/WS-DAN.PyTorch): M attention maps, feature centers, crop / drop, refinement
     num_attentions: int = 32
     beta: float = 5e-2
     crop_theta: list[float] = field(default_factory=lambda: [0.4, 0.6])
@@ -43,7 +45,7 @@ class TransferConfig:
     combine: str = "logits"                      # logits (PyTorch re-implementation) | probs (official TF)
     lr_decay_epochs: float = 2
     lr_decay_rate: float = 0.9
-    # ASL (spec 06 §2)
+    # ASL (Ridnik et al. 2021; Alibaba-MIIL/ASL): asymmetric focusing, probability clip, OneCycle schedule
     gamma_neg: float = 4
     gamma_pos: float = 0
     clip: float = 0.05
@@ -57,17 +59,14 @@ class TransferConfig:
         self.validate()
 
     def validate(self) -> "TransferConfig":
-        if self.task not in TASK_DATASETS:
-            raise ValueError(f"task={self.task!r} is not valid: valid choices are {list(TASK_DATASETS)}")
-        if self.dataset not in TASK_DATASETS[self.task]:
-            raise ValueError(f"dataset={self.dataset!r} is not valid for task {self.task!r}: valid choices are "
-                             f"{list(TASK_DATASETS[self.task])}")
-        if self.data_size not in ("default", "tiny"):
-            raise ValueError(f"data_size={self.data_size!r} is not valid: valid choices are ['default', 'tiny']")
-        if self.combine not in ("logits", "probs"):
-            raise ValueError(f"combine={self.combine!r} is not valid: valid choices are ['logits', 'probs']")
-        if not isinstance(self.num_attentions, int) or self.num_attentions < 1:
-            raise ValueError(f"num_attentions={self.num_attentions!r}: expected an integer >= 1")
+        check_choice("task", self.task, TASK_DATASETS)
+        check_choice(f"dataset (for task {self.task!r})", self.dataset, TASK_DATASETS[self.task])
+        check_choice("data_size", self.data_size, ("default", "tiny"))
+        check_choice("combine", self.combine, ("logits", "probs"))
+        check_int("num_attentions", self.num_attentions, 1)
+        check_int("onecycle_epochs", self.onecycle_epochs, 1)
+        for name in ("backbone_use_ema", "random_backbone", "disable_torch_grad_focal_loss"):
+            check_bool(name, getattr(self, name))
         for name in ("crop_theta", "drop_theta"):
             v = getattr(self, name)
             if not isinstance(v, (list, tuple)) or len(v) != 2 or not 0 <= float(v[0]) <= float(v[1]) <= 1:
@@ -75,11 +74,12 @@ class TransferConfig:
         for name, lo, hi in (("beta", 0.0, 1.0), ("crop_padding", 0.0, 1.0), ("test_padding", 0.0, 1.0),
                              ("test_theta", 0.0, 1.0), ("lr_decay_rate", 0.0, 1.0), ("clip", 0.0, 1.0),
                              ("threshold", 0.0, 1.0), ("pct_start", 0.0, 1.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-                raise ValueError(f"{name}={v!r} is out of range: expected a number in [{lo}, {hi}]")
-        if self.lr_decay_epochs <= 0 or self.onecycle_epochs < 1:
-            raise ValueError("lr_decay_epochs must be > 0 and onecycle_epochs >= 1")
+            check_number(name, getattr(self, name), lo, hi)
+        check_number("gamma_neg", self.gamma_neg, 0.0)
+        check_number("gamma_pos", self.gamma_pos, 0.0)
+        check_number("lr_decay_epochs", self.lr_decay_epochs, 0.0)
+        if self.lr_decay_epochs == 0:
+            raise ValueError("lr_decay_epochs=0: expected a finite number > 0")
         if self.backbone_checkpoint is None and not self.random_backbone:
             raise ValueError("backbone_checkpoint is required (our ImageNet checkpoint, e.g. "
                              "runs/01_train_imagenet/<run>/best.pth); set random_backbone: true for a random init")
@@ -134,7 +134,7 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
     data.setdefault("dataset", tcfg.dataset)
     data["data_size"] = tcfg.data_size
     if tcfg.backbone_checkpoint is not None:
-        data.update(_arch_keys(tcfg.backbone_checkpoint))
+        data["model"] = _backbone_model(tcfg.backbone_checkpoint)
     if not data.get("output_dir"):
         name = data.get("name") or f"{tcfg.task}_{tcfg.dataset}"
         data["output_dir"] = str(runs_dir() / RUNS_SUBDIR / name)
@@ -142,27 +142,21 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
     return tcfg.validate()
 
 
-def _arch_keys(checkpoint: str) -> dict[str, Any]:
-    """backbone / attention / t / m / td_mode of the checkpoint's model (so run names and logs name the backbone)."""
+def _backbone_model(checkpoint: str) -> dict[str, Any]:
+    """The model description of the checkpoint's backbone: its ``model_config`` without the ImageNet classifier size."""
     from tdam.checkpoint import read_checkpoint
 
     mc = read_checkpoint(Path(checkpoint).expanduser()).get("model_config") or {}
     if "arch" not in mc:
         raise ValueError(f"backbone_checkpoint {checkpoint} has no model_config['arch']: not one of our checkpoints")
-    keys: dict[str, Any] = {"backbone": mc["arch"], "attention": mc.get("attention")}
-    for k in ("t", "m", "td_mode"):
-        if mc.get(k) is not None:
-            keys[k] = mc[k]
-    return keys
+    return {k: v for k, v in mc.items() if k != "num_classes"}
 
 
 def transfer_data_root(tcfg: TransferConfig) -> Path:
     """``data_dir``, or the embedded dataset's folder (generated on first use)."""
-    if tcfg.data_dir is not None:
-        return Path(tcfg.data_dir).expanduser()
-    from tdam.data import make_shapes_dataset
+    from tdam.data import dataset_root
 
-    return make_shapes_dataset(size=tcfg.data_size) / _EMBEDDED[tcfg.dataset]
+    return dataset_root(tcfg.dataset, tcfg.data_dir, size=tcfg.data_size)
 
 
 def build_transfer_datasets(tcfg: TransferConfig) -> tuple[Any, Any]:
@@ -179,11 +173,8 @@ def build_task(tcfg: TransferConfig):
     from tdam.transfer.models import load_backbone
     from tdam.transfer.tasks import ASLTask, WSDANTask
 
-    cfg = tcfg.train
-    arch = {"arch": cfg.backbone, **cfg.model_kwargs()}
-
     def backbone_fn():
-        return load_backbone(tcfg.backbone_checkpoint, use_ema=tcfg.backbone_use_ema, model_config=arch)
+        return load_backbone(tcfg.backbone_checkpoint, use_ema=tcfg.backbone_use_ema, model_config=tcfg.train.model)
 
     if tcfg.task == "wsdan":
         return WSDANTask(backbone_fn, num_attentions=tcfg.num_attentions, beta=tcfg.beta,

@@ -1,4 +1,4 @@
-"""ASL's learning-rate schedule: torch's ``OneCycleLR`` stepped per iteration (spec 06 §2.2), for the shared trainer.
+"""ASL's learning-rate schedule: torch's ``OneCycleLR`` stepped per iteration (as ASL's train.py), for the trainer.
 
 :class:`OneCycleSchedule` gives the values of ``torch.optim.lr_scheduler.OneCycleLR`` (two cosine phases: from
 max_lr / div_factor up to max_lr over pct_start of the steps, then down to initial_lr / final_div_factor; Adam's

@@ -15,18 +15,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tdam.train.distributed import all_reduce_sum
 from tdam.transfer.asl import asymmetric_loss, mean_average_precision, multilabel_prf
 from tdam.transfer.models import build_asl_model, build_wsdan
 from tdam.transfer.schedule import OneCycleSchedule
 from tdam.transfer.wsdan import wsdan_refined_logits, wsdan_training_loss
 
 __all__ = ["WSDANTask", "ASLTask"]
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return t
 
 
 def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +34,7 @@ def _all_gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 
 class WSDANTask:
-    """WS-DAN fine-grained classification (spec 06 §1.8-1.9).
+    """WS-DAN fine-grained classification (GuYuc/WS-DAN.PyTorch train.py / eval.py).
 
     Training: raw / crop / drop forwards, CE/3 each + center loss, center update (``wsdan_training_loss``).
     Evaluation: raw and refined (raw + crop around the mean attention map, averaged logits) top-1/top-5 and the raw
@@ -96,7 +91,7 @@ class WSDANTask:
                                  hit_raw[:, 0].sum().double(), hit_raw.any(1).sum().double(),
                                  hit_ref[:, 0].sum().double(), hit_ref.any(1).sum().double(),
                                  torch.tensor(float(targets.shape[0]), dtype=torch.float64, device=ctx.device)])
-        loss, r1, r5, f1, f5, n = _all_reduce_sum(sums).tolist()
+        loss, r1, r5, f1, f5, n = all_reduce_sum(sums).tolist()
         if n == 0:
             raise ValueError("evaluation saw no samples: the validation split is empty")
         return {"loss": loss / n, "top1": 100 * f1 / n, "top5": 100 * f5 / n, "top1_raw": 100 * r1 / n,
@@ -105,7 +100,7 @@ class WSDANTask:
 
 
 class ASLTask:
-    """ASL multi-label classification (spec 06 §2): ASL loss on the logits (float32); mAP over the whole split
+    """ASL multi-label classification (Alibaba-MIIL/ASL): ASL loss on the logits (float32); mAP over the whole split
     (all ranks gathered) plus CP/CR/CF1/OP/OR/OF1 at ``threshold`` on the sigmoid scores. ``loss`` in the metrics is
     the ASL loss per image."""
 
@@ -153,6 +148,6 @@ class ASLTask:
         if not scores:
             raise ValueError("evaluation saw no samples: the validation split is empty")
         s, y = _all_gather_cat(torch.cat(scores)), _all_gather_cat(torch.cat(labels))
-        loss = float(_all_reduce_sum(loss_sum)) / s.shape[0]
+        loss = float(all_reduce_sum(loss_sum)) / s.shape[0]
         return {"loss": loss, "mAP": mean_average_precision(s, y), **multilabel_prf(s, y, self.threshold),
                 "samples": int(s.shape[0])}

@@ -49,7 +49,7 @@ class WSDANOutput(NamedTuple):
 
 
 def bilinear_attention_pooling(features: torch.Tensor, attention_maps: torch.Tensor) -> torch.Tensor:
-    """BAP (spec 06 §1.3): feature maps (B, C, H, W) and attention maps (B, M, H', W') -> f (B, M*C).
+    """Bilinear attention pooling (BAP): feature maps (B, C, H, W) and attention maps (B, M, H', W') -> f (B, M*C).
 
     Attention maps of a different size are bilinearly resized to (H, W) with ``align_corners=True``. The result is
     the m-major flattened part-feature matrix after the signed square root and the L2 normalisation of the whole
