@@ -34,7 +34,7 @@ _LEGACY_PICKLES = 5  # a legacy torch.save file: magic, protocol, sys info, the 
 @dataclass
 class PickleScan:
     """Result of a static scan: ``globals`` in order of appearance (``module.name``; unresolvable ones as
-    ``<...>``), the opcodes seen (names), the highest ``PROTO``, and whether every pickle parsed to its ``STOP``."""
+    ``<...>``), the opcodes seen (names), the protocol they need (the highest ``PROTO`` or opcode protocol), and whether every pickle parsed to its ``STOP``."""
 
     globals: list[str] = field(default_factory=list)
     opcodes: set[str] = field(default_factory=set)
@@ -92,6 +92,7 @@ def scan_pickles(data: bytes, max_pickles: int | None = 1) -> PickleScan:
         else:
             nxt = pos + 1
         scan.opcodes.add(op.name)
+        scan.protocol = max(scan.protocol, op.proto)
         pushed: list[object] = [None] * len(op.stack_after)
         if op.name in ("GLOBAL", "INST"):
             module, _, name = str(arg).partition(" ")
