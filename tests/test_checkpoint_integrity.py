@@ -347,7 +347,8 @@ def test_disk_full_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch, 
     """ENOSPC simulated by a file whose write fails half-way (a real full disk needs a mount we cannot make)."""
     sd = _net().state_dict()
     path = tmp_path / ("last.pth" if writer == "save" else "w.safetensors")
-    write = (lambda obj: save_checkpoint(obj, path)) if writer == "save" else (lambda obj: export_safetensors(obj, path))
+    write = (lambda obj: save_checkpoint(obj, path)) if writer == "save" else \
+        (lambda obj: export_safetensors(obj, path))
     write(sd)
     previous = path.read_bytes()
     real_fdopen = os.fdopen
@@ -452,3 +453,19 @@ def test_temp_of_a_writer_killed_mid_save_is_removed(tmp_path):
     assert [p.name for p in remove_stale_temps(tmp_path)][0].startswith(f".last.pth.{pid}.")
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
     assert torch.equal(read_checkpoint(path)["w"], torch.zeros(1000))
+
+
+def test_digest_covers_every_kind_of_tensor(tmp_path):
+    """Sparse, conjugated, transposed, 0-dim, empty, bfloat16 and shared tensors round-trip; damage to any is seen."""
+    shared = torch.randn(5)
+    obj = {"sparse": torch.eye(3).to_sparse(), "conj": torch.randn(3, dtype=torch.complex64).conj(),
+           "transposed": torch.randn(4, 2).t(), "scalar": torch.tensor(1.5), "empty": torch.empty(0, 3),
+           "bf16": torch.ones(3, dtype=torch.bfloat16), "a": shared, "b": [shared, (shared,)]}
+    path = save_checkpoint(obj, tmp_path / "x.pth")
+    back = read_checkpoint(path)
+    assert torch.equal(back["conj"], obj["conj"]) and torch.equal(back["transposed"], obj["transposed"])
+    assert set(torch.load(path, weights_only=True)[DIGEST_KEY]["tensors"]) == {
+        "sparse", "conj", "transposed", "scalar", "empty", "bf16", "a", "b.0", "b.1.0"}
+    _flip_inside(path, obj["bf16"], n=1)
+    with pytest.raises(CheckpointDigestError, match="'bf16'"):
+        read_checkpoint(path)

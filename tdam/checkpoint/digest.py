@@ -38,12 +38,18 @@ _ALGORITHM = "sha256"  # ~0.1 s for the 102 MB of a ResNet-50 state dict on one 
 def tensor_digest(tensor: torch.Tensor) -> str:
     """SHA-256 (hex) of a tensor's dtype, shape and bytes in C order (copied to the CPU first if needed)."""
     t = tensor.detach()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.is_meta or not t.numel():
+        return h.hexdigest()  # no data
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.contiguous()
-    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    if t.numel():
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    if t.layout != torch.strided:  # sparse layouts: their dense values
+        t = t.to_dense()
+    if t.is_quantized:
+        h.update(f"{t.qscheme()}|".encode())
+        t = t.int_repr()
+    t = t.resolve_conj().resolve_neg().contiguous()
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 

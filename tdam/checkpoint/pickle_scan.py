@@ -34,7 +34,8 @@ _LEGACY_PICKLES = 5  # a legacy torch.save file: magic, protocol, sys info, the 
 @dataclass
 class PickleScan:
     """Result of a static scan: ``globals`` in order of appearance (``module.name``; unresolvable ones as
-    ``<...>``), the opcodes seen (names), the protocol they need (the highest ``PROTO`` or opcode protocol), and whether every pickle parsed to its ``STOP``."""
+    ``<...>``), the opcodes seen (names), the protocol they need (the highest ``PROTO`` or opcode protocol), and
+    whether every pickle parsed to its ``STOP``."""
 
     globals: list[str] = field(default_factory=list)
     opcodes: set[str] = field(default_factory=set)

@@ -225,8 +225,8 @@ def export_safetensors(model_or_state_dict: nn.Module | Mapping[str, Any], path:
     Metadata (string -> string in the file): ``format='pt'``, ``tdam_version``, ``model_config`` (JSON; taken from
     ``model.model_config`` for a model, overridable in ``metadata``) and the entries of ``metadata`` (non-strings are
     JSON-encoded), and ``tdam_digest``, the content digest of the tensors (JSON; verified on reading). Raises
-    :class:`CheckpointWriteError` when the file cannot be written. Accepts a model, a state dict, or a checkpoint dict (its weights are found as in
-    :func:`extract_state_dict`). ``load_checkpoint`` / ``load_model`` read the file back (by its suffix)."""
+    :class:`CheckpointWriteError` when the file cannot be written. Accepts a model, a state dict, or a checkpoint
+    dict (its weights are found as in :func:`extract_state_dict`). ``load_checkpoint`` / ``load_model`` read the file back (by its suffix)."""
     from safetensors.torch import save as st_save
 
     from tdam import __version__
