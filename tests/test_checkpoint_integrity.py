@@ -469,3 +469,27 @@ def test_digest_covers_every_kind_of_tensor(tmp_path):
     _flip_inside(path, obj["bf16"], n=1)
     with pytest.raises(CheckpointDigestError, match="'bf16'"):
         read_checkpoint(path)
+
+
+def test_random_or_damaged_bytes_are_corrupt_not_unsafe(tmp_path):
+    """The tolerant walk does not mistake noise for globals: random files and legacy checkpoints with flipped bytes
+    need no global beyond the allowed ones (resuming inside 'collections' must not yield 'tions.OrderedDict')."""
+    import random
+    from tdam.checkpoint.read import allowed_global_names
+    allowed = allowed_global_names()
+    rng = random.Random(0)
+    buf = io.BytesIO()
+    torch.save({"a": torch.randn(300)}, buf, _use_new_zipfile_serialization=False)
+    base = buf.getvalue()
+    for i in range(300):
+        noise = bytes(rng.randrange(256) for _ in range(2000))
+        damaged = bytearray(base)
+        for _ in range(3):
+            damaged[rng.randrange(len(base))] ^= 0xFF
+        for data in (noise, bytes(damaged)):
+            assert set(scan_pickles(data, max_pickles=5).globals) <= allowed
+    path = tmp_path / "noise.pth"
+    path.write_bytes(bytes(rng.randrange(256) for _ in range(5000)))
+    with pytest.raises(CorruptCheckpointError) as err:
+        read_checkpoint(path)
+    assert not isinstance(err.value, UnsafeCheckpointError)

@@ -6,7 +6,11 @@ fetched from the memo) or ``EXT1/2/4`` (a code in :mod:`copyreg`'s extension reg
 the opcodes with :mod:`pickletools`' table and keeps a model of the stack and the memo, so each of those is resolved
 to ``module.name`` however the pickle spells it; nothing is unpickled and nothing is imported. The walk is tolerant:
 an unknown opcode or a truncated argument marks the scan incomplete and the walk resumes at the next byte, so globals
-after damage are still found. :func:`file_globals` applies it to the pickles of a checkpoint file (the ``*.pkl``
+after damage are still found. Random or damaged bytes readily decode as a ``GLOBAL`` of gibberish, a ``STACK_GLOBAL``
+of unknown strings or a fragment of a real name (``tions.OrderedDict`` after resuming inside ``collections``), and such
+a file is damaged, not unsafe. So what counts: before the first damage, every global (those with unresolvable names
+only when the whole pickle parses); after it, only well-formed names whose top-level module exists here (looked up
+with :func:`importlib.util.find_spec`, which imports nothing). :func:`file_globals` applies it to the pickles of a checkpoint file (the ``*.pkl``
 members of a ``torch.save`` zip archive, or the five pickles at the start of a legacy ``torch.save`` file / a plain
 pickle).
 """
@@ -14,10 +18,13 @@ from __future__ import annotations
 
 import _compat_pickle
 import copyreg
+import importlib.util
 import io
 import pickletools
 import re
 import struct
+import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +56,20 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _certain(name: str) -> bool:
+    return not name.startswith("<")
+
+
+def _module_exists(name: str) -> bool:
+    top = name.split(".", 1)[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _global_name(module: object, name: object, protocol: int) -> str:
     """``module.name`` as the unpickler would import it (protocols 0-2 map Python 2 names: ``__builtin__.exec`` is
     ``builtins.exec``, as :class:`pickle.Unpickler` does with ``fix_imports``)."""
@@ -76,6 +97,7 @@ def scan_pickles(data: bytes, max_pickles: int | None = 1) -> PickleScan:
     stack: list[object] = []
     memo: dict[int, object] = {}
     done, pos, end, last, protocol = 0, 0, len(data), None, 0
+    found: list[tuple[str, bool]] = []  # (name, found before any damage)
     while pos < end and (max_pickles is None or done < max_pickles):
         op = pickletools.code2op.get(chr(data[pos]))
         arg = None
@@ -85,8 +107,10 @@ def scan_pickles(data: bytes, max_pickles: int | None = 1) -> PickleScan:
         if op.arg is not None:
             stream.seek(pos + 1)
             try:
-                arg = op.arg.reader(stream)
-            except (ValueError, struct.error, UnicodeDecodeError, EOFError):
+                with warnings.catch_warnings():  # decoding damaged text arguments warns (invalid escapes)
+                    warnings.simplefilter("ignore")
+                    arg = op.arg.reader(stream)
+            except Exception:  # noqa: BLE001 - a damaged argument: resume at the next byte
                 scan.complete, pos = False, pos + 1
                 continue
             nxt = stream.tell()
@@ -97,12 +121,12 @@ def scan_pickles(data: bytes, max_pickles: int | None = 1) -> PickleScan:
         pushed: list[object] = [None] * len(op.stack_after)
         if op.name in ("GLOBAL", "INST"):
             module, _, name = str(arg).partition(" ")
-            scan.globals.append(_global_name(module, name, protocol))
+            found.append((_global_name(module, name, protocol), scan.complete))
         elif op.name == "STACK_GLOBAL":
             module, name = (stack[-2], stack[-1]) if len(stack) >= 2 else (None, None)
-            scan.globals.append(_global_name(module, name, protocol))
+            found.append((_global_name(module, name, protocol), scan.complete))
         elif op.name in ("EXT1", "EXT2", "EXT4"):
-            scan.globals.append(_extension(int(arg)))
+            found.append((_extension(int(arg)), scan.complete))
         elif op.name in _STRING_OPS:
             pushed = [arg]
         elif op.name in ("GET", "BINGET", "LONG_BINGET"):
@@ -135,6 +159,8 @@ def scan_pickles(data: bytes, max_pickles: int | None = 1) -> PickleScan:
             stack, memo, protocol = [], {}, 0
     if max_pickles is not None and done < max_pickles and not (pos >= end and last == "STOP"):
         scan.complete = False  # the data ended inside a pickle (ending after a whole pickle is a plain pickle file)
+    scan.globals = [g for g, in_sync in found
+                    if (scan.complete or _certain(g)) if in_sync or _module_exists(g)]
     return scan
 
 

@@ -93,7 +93,7 @@ def allowed_global_names(extra: Iterable[Any] = ()) -> set[str]:
 def _scan(path: Path) -> PickleScan:
     try:
         return file_globals(path)
-    except (OSError, MemoryError) as e:  # the scan must never hide the original error
+    except Exception as e:  # noqa: BLE001 - the scan must never hide the original error
         return PickleScan(globals=[], complete=False, opcodes={f"<scan failed: {type(e).__name__}>"})
 
 
