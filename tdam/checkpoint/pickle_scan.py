@@ -90,27 +90,42 @@ def _extension(code: int) -> str:
     return f"{key[0]}.{key[1]}" if key else f"<copyreg extension code {code}>"
 
 
+#: After the first damage the walk goes on for at most this many bytes (a damaged legacy file or a foreign one can be
+#: gigabytes of tensor data that no pickle opcode walk needs to cross; the pickles come first).
+MAX_BYTES_AFTER_DAMAGE = 1 << 20
+#: How much of a file the scan reads: the pickles of any checkpoint are far smaller (tensor data follows them).
+MAX_SCAN_BYTES = 256 << 20
+
+
 def scan_pickles(data: bytes, max_pickles: int | None = 1) -> PickleScan:
     """Scan the consecutive pickles at the start of ``data`` (at most ``max_pickles``; None: to the end)."""
+    with warnings.catch_warnings():  # decoding damaged text arguments warns (invalid escapes)
+        warnings.simplefilter("ignore")
+        return _scan_pickles(data, max_pickles)
+
+
+def _scan_pickles(data: bytes, max_pickles: int | None) -> PickleScan:
     scan = PickleScan()
     stream = io.BytesIO(data)
     stack: list[object] = []
     memo: dict[int, object] = {}
-    done, pos, end, last, protocol = 0, 0, len(data), None, 0
+    done, pos, end, last, protocol, damaged_at = 0, 0, len(data), None, 0, 0
     found: list[tuple[str, bool]] = []  # (name, found before any damage)
     while pos < end and (max_pickles is None or done < max_pickles):
+        if not scan.complete and end > damaged_at + MAX_BYTES_AFTER_DAMAGE:
+            end = damaged_at + MAX_BYTES_AFTER_DAMAGE
         op = pickletools.code2op.get(chr(data[pos]))
         arg = None
         if op is None:
+            damaged_at = pos if scan.complete else damaged_at
             scan.complete, pos = False, pos + 1
             continue
         if op.arg is not None:
             stream.seek(pos + 1)
             try:
-                with warnings.catch_warnings():  # decoding damaged text arguments warns (invalid escapes)
-                    warnings.simplefilter("ignore")
-                    arg = op.arg.reader(stream)
+                arg = op.arg.reader(stream)
             except Exception:  # noqa: BLE001 - a damaged argument: resume at the next byte
+                damaged_at = pos if scan.complete else damaged_at
                 scan.complete, pos = False, pos + 1
                 continue
             nxt = stream.tell()
@@ -172,7 +187,9 @@ def _zip_pickles(path: Path) -> list[bytes]:
             return [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
         pass
-    data, out, pos = path.read_bytes(), [], 0
+    with open(path, "rb") as f:
+        data = f.read(MAX_SCAN_BYTES)
+    out, pos = [], 0
     while (pos := data.find(b"PK\x03\x04", pos)) >= 0 and pos + 30 <= len(data):
         _sig, _v, _f, _m, _t, _d, _crc, csize, _usize, nlen, xlen = struct.unpack("<IHHHHHIIIHH", data[pos:pos + 30])
         name = data[pos + 30:pos + 30 + nlen]
@@ -199,4 +216,5 @@ def file_globals(path: Path) -> PickleScan:
             total.protocol = max(total.protocol, scan.protocol)
             total.complete &= scan.complete
         return total
-    return scan_pickles(path.read_bytes(), max_pickles=_LEGACY_PICKLES)
+    with open(path, "rb") as f:
+        return scan_pickles(f.read(MAX_SCAN_BYTES), max_pickles=_LEGACY_PICKLES)

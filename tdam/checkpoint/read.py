@@ -107,7 +107,8 @@ def _unsupported_opcode(error: Exception) -> str | None:
 
 
 def _damage_reason(path: Path, error: Exception, scan: PickleScan) -> str:
-    head = path.read_bytes()[:8] if path.is_file() else b""
+    with open(path, "rb") as f:
+        head = f.read(8)
     size = path.stat().st_size
     if size == 0:
         return "the file is empty"
