@@ -162,19 +162,6 @@ def test_safetensors_digest_in_metadata_and_flipped_bytes_refused(tmp_path):
         export_safetensors(model, tmp_path / "v.safetensors", metadata={DIGEST_KEY: "x"})
 
 
-def test_digest_cost_is_small_next_to_torch_save():
-    """Hashing is a fraction of serialising (the ResNet-50 number is in the report; here a 40 MB dict)."""
-    import time
-    sd = {f"w{i}": torch.randn(1000, 1000) for i in range(10)}
-    t = time.perf_counter()
-    ck.digest.make_digest(sd)
-    hashing = time.perf_counter() - t
-    t = time.perf_counter()
-    torch.save(sd, io.BytesIO())
-    saving = time.perf_counter() - t
-    assert hashing < 2 * saving + 0.2
-
-
 # ------------------------------------------------------------------------------------------------------ dtypes
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
 @pytest.mark.parametrize("strict", [True, False])
