@@ -18,13 +18,27 @@ import torch.nn as nn
 from tdam.checkpoint.layouts import _STEP_NORM_KEY, _TD_KEY
 from tdam.checkpoint.read import CheckpointError
 
-__all__ = ["BlockTD", "StateDictSummary", "CheckpointMismatchError", "summarize_state_dict", "mismatch_error"]
+__all__ = ["BlockTD", "StateDictSummary", "CheckpointMismatchError", "CheckpointDtypeError", "summarize_state_dict",
+           "mismatch_error"]
 
 _MAX_LISTED = 8
 
 
 class CheckpointMismatchError(CheckpointError):
     """The checkpoint's keys/shapes do not match the model (the message says which configuration each one has)."""
+
+
+class CheckpointDtypeError(CheckpointMismatchError):
+    """A checkpoint tensor holds another kind of number than the model's (e.g. integers or booleans for a floating
+    point weight): loading would silently cast it. ``mismatched`` lists (name, checkpoint dtype, model dtype)."""
+
+    def __init__(self, name: str, mismatched: Sequence[tuple[str, torch.dtype, torch.dtype]]) -> None:
+        self.mismatched = list(mismatched)
+        listed = "; ".join(f"{k}: {a} in the checkpoint, {b} in the model" for k, a, b in self.mismatched[:5])
+        more = f" (and {len(self.mismatched) - 5} more)" if len(self.mismatched) > 5 else ""
+        super().__init__(f"{name} does not fit the model: {len(self.mismatched)} tensor(s) hold another kind of "
+                         f"number than the model's ({listed}{more}); a floating point weight cannot be loaded from "
+                         "integer or boolean data (or the reverse) without silently changing it")
 
 
 # block kind -> {indices i of the per-step norms bn{i}_k: feedback distance m}. A TD block re-runs the last m layers

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from tdam.checkpoint.digest import DIGEST_KEY
 from tdam.checkpoint.read import CheckpointError
 
 __all__ = ["LAYOUTS", "extract_state_dict", "detect_layout", "unwrap_model"]
@@ -71,6 +72,7 @@ def _find_weights(ckpt: Mapping[str, Any], use_ema: bool) -> Mapping[str, Any]:
     for key in ("state_dict", "model"):
         if isinstance(ckpt.get(key), Mapping):
             return ckpt[key]
+    ckpt = {k: v for k, v in ckpt.items() if k != DIGEST_KEY}  # a bare state dict saved by save_checkpoint
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt
     raise CheckpointError(f"no weights found: expected a state dict under 'state_dict' (timm), 'model' (ours, "

@@ -6,13 +6,29 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
-from tdam.checkpoint.diagnose import mismatch_error
+from tdam.checkpoint.diagnose import CheckpointDtypeError, mismatch_error
 from tdam.checkpoint.layouts import extract_state_dict, unwrap_model
-from tdam.checkpoint.read import CheckpointError, read_checkpoint
+from tdam.checkpoint.read import CheckpointError, read_checkpoint, verify_digest
 
 __all__ = ["LoadResult", "load_checkpoint", "load_model"]
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_complex():
+        return "complex"
+    return "floating" if tensor.is_floating_point() else "integer"
+
+
+def _read(source: str | os.PathLike | Mapping[str, Any]) -> dict:
+    """The checkpoint dict of a path (read safely) or of a dict (its digest verified if it has one)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_checkpoint(source)
+    return verify_digest(source, "the checkpoint dict")
 
 
 @dataclass
@@ -36,9 +52,15 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     present in both with equal shapes and reports the rest in the returned :class:`LoadResult` (a TD model initialised
     from a plain timm/torchvision ResNet misses exactly its ``td.*`` weights and per-step norms ``bn{i}_{k}.*``).
     A ``*.num_batches_tracked`` buffer absent from an old checkpoint is not counted missing (torch sets it to 0).
+
+    dtypes: a tensor loads into a model entry of the same kind of number only - floating point, integer, boolean or
+    complex - and :class:`CheckpointDtypeError` (strict or not) names every tensor of another kind (integer or boolean
+    data for a floating point weight would otherwise be cast silently). Within a kind the precision may differ and
+    the values are converted as ``load_state_dict`` copies them: a float16/bfloat16 export loads into a float32 model
+    (and the reverse, rounding), an int32 counter into an int64 buffer.
     """
     name = f"checkpoint {str(source)!r}" if isinstance(source, (str, os.PathLike)) else "the checkpoint dict"
-    ckpt = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    ckpt = _read(source)
     sd, layout = extract_state_dict(ckpt, use_ema=use_ema)
     target = unwrap_model(model)
     model_sd = target.state_dict()
@@ -50,6 +72,10 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
     if strict and (missing or unexpected or mismatched):
         raise mismatch_error(name, layout, sd, target, missing, unexpected, mismatched)
     bad = {k for k, _, _ in mismatched}
+    kinds = [(k, sd[k].dtype, model_sd[k].dtype) for k in sd if k in model_sd and k not in bad
+             and _kind(sd[k]) != _kind(model_sd[k])]
+    if kinds:
+        raise CheckpointDtypeError(name, kinds)
     target.load_state_dict({k: v for k, v in sd.items() if k in model_sd and k not in bad}, strict=False)
     return LoadResult(missing_keys=missing, unexpected_keys=unexpected, mismatched_keys=mismatched, layout=layout)
 
@@ -62,7 +88,7 @@ def load_model(path: str | os.PathLike | Mapping[str, Any], *, use_ema: bool = F
     call ``.eval()`` for inference."""
     from tdam.models import create_model
 
-    ckpt = read_checkpoint(path) if isinstance(path, (str, os.PathLike)) else path
+    ckpt = _read(path)
     config = ckpt.get("model_config")
     if not isinstance(config, Mapping):
         try:

@@ -1,18 +1,20 @@
-"""Reading checkpoint files safely: a pickle's code never runs.
+"""Reading checkpoint files safely: a pickle's code never runs, and damaged tensors are never returned.
 
 Checkpoints are pickles, so every ``torch.save`` file is read with ``torch.load(weights_only=True)`` and an allow-list
 of exactly the harmless extra types real training scripts put in them (:data:`SAFE_GLOBALS`). A pickle that would
-call anything else (``os.system``, a custom class, ...) is refused with :class:`UnsafeCheckpointError` before any of
-it runs; there is no fallback to ``weights_only=False``. A truncated, damaged or foreign file raises
-:class:`CorruptCheckpointError` saying what is wrong with it. ``*.safetensors`` files hold no code at all.
+import anything else (``os.system``, ``torch.hub.download_url_to_file``, a custom class, ...), in whatever pickle
+protocol or opcode spelling, is refused with :class:`UnsafeCheckpointError` naming it, before any of it runs; there is
+no fallback to ``weights_only=False``. Which globals a refused file needs is found by a static scan of its pickles
+(:mod:`tdam.checkpoint.pickle_scan`), so "unsafe" never depends on how far torch's reader got. A truncated, damaged or
+foreign file raises :class:`CorruptCheckpointError` saying what is wrong with it; a file whose tensors do not match
+the content digest recorded when we wrote it (:mod:`tdam.checkpoint.digest`) raises :class:`CheckpointDigestError`
+naming the damaged tensors. ``*.safetensors`` files hold no code at all; their digest is checked the same way.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import pickle
 import pickletools
 import re
 import warnings
@@ -22,7 +24,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-__all__ = ["SAFE_GLOBALS", "CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError", "read_checkpoint"]
+from tdam.checkpoint.digest import DIGEST_KEY, DigestCheck, check_digest
+from tdam.checkpoint.pickle_scan import PickleScan, file_globals
+
+__all__ = ["SAFE_GLOBALS", "CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError",
+           "CheckpointDigestError", "read_checkpoint", "verify_digest", "allowed_global_names"]
 
 #: Extra globals (beyond torch's weights-only defaults: tensors, dtypes, torch.device, torch.Size, OrderedDict,
 #: Counter, set, bytearray, complex) that a checkpoint may contain. ``argparse.Namespace`` is the ``args`` entry of
@@ -57,77 +63,68 @@ class CorruptCheckpointError(CheckpointError):
         super().__init__(f"cannot read checkpoint {path!r}: {reason}")
 
 
+class CheckpointDigestError(CorruptCheckpointError):
+    """The tensors do not match the content digest recorded when the file was written: ``tensors`` names the damaged
+    ones (``check`` has the damaged / missing / unexpected lists)."""
+
+    def __init__(self, path: str, check: DigestCheck) -> None:
+        self.check = check
+        self.tensors = check.damaged or check.missing or check.unexpected
+        super().__init__(path, check.describe())
+
+
 def _qualname(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
-               "BINUNICODE8"}
+def allowed_global_names(extra: Iterable[Any] = ()) -> set[str]:
+    """``module.name`` of every global the reader lets a pickle import: torch's weights-only defaults (tensor rebuild
+    functions, storages, dtypes, ``OrderedDict``, ...), :data:`SAFE_GLOBALS` and ``extra``."""
+    names = {_qualname(g) for g in (*SAFE_GLOBALS, *extra)}
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        names |= set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # torch moved its table: only the names every torch.save file uses
+        names |= {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+                  "torch.FloatStorage", "torch.LongStorage", "torch.device", "torch.Size"}
+    return names
 
 
-def _static_pickle_globals(data: bytes, max_pickles: int = 5) -> tuple[list[str], bool]:
-    """Names of the globals that the consecutive pickles at the start of ``data`` import, found by disassembling them
-    (``pickletools``; nothing is executed). Returns (names, complete), ``complete`` False when the stream ended or
-    broke inside a pickle. A legacy ``torch.save`` file is 5 pickles followed by raw storage bytes."""
-    stream, names = io.BytesIO(data), []
-    for _ in range(max_pickles):
-        if stream.tell() >= len(data):
-            return names, True
-        strings: list[str | None] = []
-        memo: dict[int, str | None] = {}
-        last: str | None = None
-        try:
-            for op, arg, _pos in pickletools.genops(stream):
-                pushed = None
-                if op.name in ("GLOBAL", "INST"):
-                    names.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.append(f"{strings[-2]}.{strings[-1]}")
-                elif op.name in _STRING_OPS:
-                    pushed = arg if isinstance(arg, str) else None
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    pushed = memo.get(int(arg))
-                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[int(arg)] = last
-                elif op.name == "MEMOIZE":
-                    memo[len(memo)] = last
-                if pushed is not None:
-                    strings.append(pushed)
-                last = pushed if op.name not in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE") else last
-        except ValueError:  # pickletools: truncated stream / bad opcode
-            return names, False
-    return names, True
+def _scan(path: Path) -> PickleScan:
+    try:
+        return file_globals(path)
+    except Exception as e:  # noqa: BLE001 - the scan must never hide the original error
+        return PickleScan(globals=[], complete=False, opcodes={f"<scan failed: {type(e).__name__}>"})
 
 
-def _unsafe_names(path: Path, error: Exception, allowed: Iterable[Any]) -> list[str]:
-    """The globals that made the weights-only unpickler refuse ``path`` (empty: the refusal is damage, not code)."""
-    allowed_names = {_qualname(g) for g in allowed}
-    if zipfile.is_zipfile(path):
-        with torch.serialization.safe_globals(list(allowed)):
-            found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        return sorted(set(found) - allowed_names)
-    names, _complete = _static_pickle_globals(path.read_bytes())
-    named = re.findall(r"GLOBAL ([\w.]+)", str(error))  # the one torch stopped at, if the disassembly saw it whole
-    harmless = ("torch.", "collections.", "_codecs.", "builtins.set", "builtins.bytearray", "builtins.complex")
-    out = {n for n in named if n in names}
-    out |= {n for n in names if not n.startswith(harmless) and n not in allowed_names}
-    return sorted(out)
+def _unsupported_opcode(error: Exception) -> str | None:
+    """The opcode torch's weights-only unpickler stopped at ("Unsupported operand 149" -> 'FRAME'), if that was it."""
+    match = re.search(r"Unsupported operand (\d+)", str(error))
+    if not match:
+        return None
+    op = pickletools.code2op.get(chr(int(match.group(1))))
+    return op.name if op is not None else f"byte {int(match.group(1))}"
 
 
-def _damage_reason(path: Path, error: Exception) -> str:
-    head = path.read_bytes()[:8] if path.is_file() else b""
+def _damage_reason(path: Path, error: Exception, scan: PickleScan) -> str:
+    with open(path, "rb") as f:
+        head = f.read(8)
     size = path.stat().st_size
     if size == 0:
         return "the file is empty"
+    opcode = _unsupported_opcode(error)
+    if opcode is not None and scan.complete:
+        return (f"its pickle (protocol {scan.protocol}) uses the opcode {opcode}, which the safe weights-only reader "
+                "does not support; the file looks intact and needs only allowed types: re-save it with "
+                "torch.save's default pickle protocol (2) where it was made")
     if head.startswith(b"PK"):
         if not zipfile.is_zipfile(path):
             return (f"truncated or damaged zip archive ({size} bytes, no zip central directory; torch.save writes zip "
                     f"archives, so the write or the download was probably cut short) [{_first_line(error)}]")
         return f"damaged zip archive ({_first_line(error)})"
     if head[:1] == b"\x80":
-        _names, complete = _static_pickle_globals(path.read_bytes())
-        if not complete or isinstance(error, EOFError) or "EOF" in str(error):
-            where = "inside a pickle" if not complete else f"in the tensor data ({_first_line(error)})"
+        if not scan.complete or isinstance(error, EOFError) or "EOF" in str(error):
+            where = "inside a pickle" if not scan.complete else f"in the tensor data ({_first_line(error)})"
             return (f"truncated file (legacy torch.save format, {size} bytes; it ends {where}, so the write or the "
                     "download was probably cut short)")
         return f"unreadable pickle stream (legacy torch.save format, {size} bytes): {_first_line(error)}"
@@ -144,6 +141,19 @@ def _first_line(error: Exception) -> str:
     return line.split(". ", 1)[0][:200]
 
 
+def verify_digest(obj: Mapping[str, Any], name: str) -> dict:
+    """``obj`` without its reserved digest entry, after checking its tensors against it (:mod:`~tdam.checkpoint.
+    digest`); a dict without one (a file from elsewhere) comes back unchanged. Raises :class:`CheckpointDigestError`
+    naming ``name`` and the first damaged tensors."""
+    obj = dict(obj)
+    if DIGEST_KEY not in obj:
+        return obj
+    check = check_digest(obj, obj.pop(DIGEST_KEY))
+    if not check.ok:
+        raise CheckpointDigestError(name, check)
+    return obj
+
+
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError, safe_open
 
@@ -153,6 +163,12 @@ def _read_safetensors(path: Path) -> dict:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CorruptCheckpointError(str(path), f"damaged or truncated safetensors file ({e})") from e
+    if DIGEST_KEY in metadata:
+        try:
+            entry = json.loads(metadata.pop(DIGEST_KEY))
+        except json.JSONDecodeError as e:
+            raise CorruptCheckpointError(str(path), f"metadata {DIGEST_KEY!r} is not valid JSON ({e})") from e
+        state = verify_digest({**state, DIGEST_KEY: entry}, str(path))
     out: dict[str, Any] = {"model": state, "metadata": metadata}
     if "model_config" in metadata:
         try:
@@ -163,14 +179,16 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def read_checkpoint(path: str | os.PathLike, *, extra_safe_globals: Sequence[Any] = ()) -> dict:
-    """Load a checkpoint file safely and return its top-level dict.
+    """Load a checkpoint file safely and return its top-level dict (the dict that was saved: a digest entry written
+    by :func:`~tdam.checkpoint.save_checkpoint` is verified and removed).
 
     ``*.safetensors`` files come back as ``{'model': state_dict, 'metadata': {...}, 'model_config': {...}}``
     (``model_config`` when the metadata has it). Everything else goes through ``torch.load(map_location='cpu',
     weights_only=True)`` with :data:`SAFE_GLOBALS` (+ ``extra_safe_globals``) allowed.
 
     Raises ``FileNotFoundError``; :class:`UnsafeCheckpointError` when unpickling would import anything else (nothing
-    runs); :class:`CorruptCheckpointError` for truncated/damaged/foreign files (the original error is chained).
+    runs); :class:`CheckpointDigestError` when tensors do not match the recorded digest; :class:`CorruptCheckpointError`
+    for truncated/damaged/foreign files (the original error is chained).
     """
     path = Path(path)
     if not path.exists():
@@ -185,14 +203,14 @@ def read_checkpoint(path: str | os.PathLike, *, extra_safe_globals: Sequence[Any
         with warnings.catch_warnings(), torch.serialization.safe_globals(allowed):
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        offending = _unsafe_names(path, e, allowed)
+    except Exception as e:  # noqa: BLE001 - a damaged stream can fail anywhere in the parser (struct.error, ...)
+        scan = _scan(path)  # unsafe or damaged: decided by what the pickles import, not by where torch stopped
+        allowed_names = allowed_global_names(extra_safe_globals)
+        offending = [n for n in dict.fromkeys(scan.globals) if n not in allowed_names]
         if offending:
             raise UnsafeCheckpointError(str(path), offending) from e
-        raise CorruptCheckpointError(str(path), _damage_reason(path, e)) from e
-    except Exception as e:  # noqa: BLE001 - a damaged stream can fail anywhere in the parser (struct.error, ...)
-        raise CorruptCheckpointError(str(path), _damage_reason(path, e)) from e
+        raise CorruptCheckpointError(str(path), _damage_reason(path, e, scan)) from e
     if not isinstance(obj, Mapping):
         raise CorruptCheckpointError(str(path), f"holds a {type(obj).__name__}, expected a dict (a checkpoint or a "
                                                 "state dict)")
-    return dict(obj)
+    return verify_digest(obj, str(path))
