@@ -200,3 +200,51 @@ def test_bad_image_follows_on_bad_image(shapes, tmp_path):
         (x, y), = list(loader)
         assert len(x) == 47 and len(loader.bad_images) == 1 and victim.name in loader.bad_images[0]
         assert isinstance(BadSample("p", 0), BadSample)
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    import torch.nn as nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ds = build_dataset("imagenet_wds", root, "train", build_transform(False, img_size=16), seed=1)
+        loader = shard_loader(ds, 8, num_workers=0)
+        set_shard_epoch(loader, 0)
+        torch.manual_seed(0)
+        model = DDP(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 12)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        steps = 0
+        for x, y in loader:
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            steps += 1
+        total = torch.tensor([steps])
+        dist.all_reduce(total)
+        weight = model.module[1].weight.detach().clone()
+        torch.save({"rank": ds.reader.dist_rank, "world": ds.reader.dist_num_replicas, "steps": steps,
+                    "len": len(ds), "total": int(total), "weight": weight}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_ddp_epoch_from_shards_under_two_gloo_processes(shapes, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, port, shapes_root(shapes, "imagenet_wds"), str(tmp_path)), nprocs=2,
+                       join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)  # read from the process group
+    assert r0["steps"] == r1["steps"] == r0["len"] // 8 == 6 and r0["total"] == 12  # 96 images / 2 ranks / 8
+    assert torch.equal(r0["weight"], r1["weight"])  # DDP kept the replicas in step
