@@ -26,6 +26,10 @@ Resume. A streamed epoch has no index to seek to: resuming restarts at an EPOCH 
 streams the same shard and sample order as the uninterrupted run (same seed, world size and worker count). A
 mid-epoch position is not replayed: a checkpoint taken inside epoch ``e`` resumes at the start of epoch ``e``.
 
+Loader workers: use :func:`shard_loader` (it tells the reader the worker count and batch size first). timm's shared
+epoch counter is a ``multiprocessing.Value`` of the default start method, so the workers must use that method too
+(no other ``multiprocessing_context`` on the DataLoader); fork and spawn both work.
+
 ``with_meta=True`` yields ``(image, label, meta)`` with ``meta`` = key, filename, synset, width, height, ``boxes``
 (float (K, 4) xyxy original pixels) and ``box_labels`` (long (K,)); the default yields ``(image, label)``.
 """
@@ -57,8 +61,20 @@ _LAYOUT = """\
 _WORKER_STRIDE = 1_000_003  # separates the per-worker sample-shuffle seeds (seed + epoch + stride * worker)
 
 
-def _reader_class():
-    """timm's ReaderWds with the pipeline of the module docstring (built lazily: webdataset is optional)."""
+_READER: type | None = None
+
+
+def __getattr__(name: str):  # lets pickle find the lazily built reader class (spawned DataLoader workers)
+    if name == "_WdsReader":
+        return _reader_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _reader_class() -> type:
+    """timm's ReaderWds with the pipeline of the module docstring (built once, lazily: webdataset is optional)."""
+    global _READER
+    if _READER is not None:
+        return _READER
     wds = require("webdataset")
     from timm.data.readers import reader_wds as R
 
@@ -90,6 +106,9 @@ def _reader_class():
             ds = self.ds.with_epoch(self._num_samples_per_worker()) if self.is_training else self.ds
             yield from ds
 
+    _Reader.__name__ = _Reader.__qualname__ = "_WdsReader"
+    _Reader.__module__ = __name__
+    _READER = _Reader
     return _Reader
 
 
