@@ -19,8 +19,10 @@ td_mode='joint'``):
   worker per CPU core.
 * ``gpu_decode`` (CUDA only): images/s of ``torchvision.io.decode_jpeg(..., device='cuda')`` on the same files.
 
+Order: eager models, loader, GPU decode, trainer, then the ``torch.compile`` models (the slow compiles last).
 ``--budget-s`` stops starting new measurements once that many seconds have passed (they are listed under
-``meta.skipped``), so the check fits its time slot even where ``torch.compile`` is slow.
+``meta.skipped``), so the check fits its time slot even where ``torch.compile`` is slow; a measurement that fails
+is listed under ``meta.errors`` with its exception and the JSON is still written.
 """
 from __future__ import annotations
 
@@ -59,6 +61,17 @@ class Check:
         self.channels_last = self.cuda
         self.t0 = time.perf_counter()
         self.skipped: list[str] = []
+        self.errors: list[str] = []
+
+    def attempt(self, what: str, fn, *args, **kwargs):
+        """Run one measurement; a failure is recorded in ``meta.errors`` and the check goes on (returns None)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the JSON must still be written
+            self.errors.append(f"{what}: {type(e).__name__}: {e}"[:2000])
+            if self.cuda:
+                torch.cuda.empty_cache()
+            return None
 
     def time_left(self, what: str) -> bool:
         if time.perf_counter() - self.t0 < self.args.budget_s:
@@ -154,42 +167,48 @@ def _peak_mb(step, x, y, c: Check) -> tuple[float | None, float | None]:
     return peak / 2**20, (peak - before) / 2**20
 
 
-def measure_models(c: Check) -> dict:
-    """Plain vs TD throughput and memory per architecture, execution mode and step kind (module docstring)."""
-    out: dict = {}
+def _measure_cell(arch: str, mode: str, kind: str, x, y, c: Check) -> dict:
+    """Plain and TD ``arch`` in one execution mode and step kind, timings interleaved (module docstring)."""
+    torch.manual_seed(0)
+    models = {"plain": _model(arch, False, c), "td": _model(arch, True, c)}
+    steps = {k: _step_fn(m, kind, mode == "compile", c) for k, m in models.items()}
+    for k in steps:  # warm-up (compiles under torch.compile)
+        for _ in range(c.args.warmup):
+            steps[k](x, y)
+    c.sync()
+    times = {"plain": [], "td": []}
+    for _ in range(c.args.repeats):  # interleaved: plain, TD, plain, TD, ...
+        for k in ("plain", "td"):
+            times[k].append(_time(steps[k], x, y, c))
+    cells = {}
+    for k in ("plain", "td"):
+        dt = statistics.median(times[k])
+        peak, delta = _peak_mb(steps[k], x, y, c)
+        n = c.args.batch_size * c.args.iters
+        cells[k] = {"img_s": n / dt, "ms_per_batch": 1000 * dt / c.args.iters, "img_s_min": n / max(times[k]),
+                    "img_s_max": n / min(times[k]), "peak_mem_mb": peak, "peak_mem_step_mb": delta}
+    p, t = cells["plain"], cells["td"]
+    cells["td_over_plain"] = {"img_s": t["img_s"] / p["img_s"]}
+    if p["peak_mem_mb"] is not None:
+        cells["td_over_plain"]["peak_mem"] = t["peak_mem_mb"] / p["peak_mem_mb"]
+    return cells
+
+
+def measure_models(c: Check, modes: tuple[str, ...], out: dict | None = None) -> dict:
+    """Plain vs TD throughput and memory per architecture, execution mode and step kind, into ``out``."""
+    out = {} if out is None else out
     x, y = _batch(c)
-    modes = ("eager",) if c.args.no_compile else ("eager", "compile")
-    for arch in c.args.archs:
-        res = out.setdefault(arch, {"plain": {}, "td": {}, "td_over_plain": {}})
-        for mode in modes:
+    for mode in modes:
+        for arch in c.args.archs:
+            res = out.setdefault(arch, {"plain": {}, "td": {}, "td_over_plain": {}})
             for kind in KINDS:
-                if not c.time_left(f"{arch} {mode} {kind}"):
+                what = f"{arch} {mode} {kind}"
+                if not c.time_left(what):
                     continue
-                torch.manual_seed(0)
-                models = {"plain": _model(arch, False, c), "td": _model(arch, True, c)}
-                steps = {k: _step_fn(m, kind, mode == "compile", c) for k, m in models.items()}
-                for k in steps:  # warm-up (compiles under torch.compile)
-                    for _ in range(c.args.warmup):
-                        steps[k](x, y)
-                c.sync()
-                times = {"plain": [], "td": []}
-                for _ in range(c.args.repeats):  # interleaved
-                    for k in ("plain", "td"):
-                        times[k].append(_time(steps[k], x, y, c))
-                for k in ("plain", "td"):
-                    dt = statistics.median(times[k])
-                    peak, delta = _peak_mb(steps[k], x, y, c)
-                    res[k].setdefault(mode, {})[kind] = {
-                        "img_s": c.args.batch_size * c.args.iters / dt, "ms_per_batch": 1000 * dt / c.args.iters,
-                        "img_s_min": c.args.batch_size * c.args.iters / max(times[k]),
-                        "img_s_max": c.args.batch_size * c.args.iters / min(times[k]),
-                        "peak_mem_mb": peak, "peak_mem_step_mb": delta}
-                p, t = res["plain"][mode][kind], res["td"][mode][kind]
-                ratio = {"img_s": t["img_s"] / p["img_s"]}
-                if p["peak_mem_mb"] is not None:
-                    ratio["peak_mem"] = t["peak_mem_mb"] / p["peak_mem_mb"]
-                res["td_over_plain"].setdefault(mode, {})[kind] = ratio
-                del models, steps
+                cells = c.attempt(what, _measure_cell, arch, mode, kind, x, y, c)
+                if cells is not None:
+                    for k, v in cells.items():
+                        res[k].setdefault(mode, {})[kind] = v
                 if c.cuda:
                     torch.cuda.empty_cache()
     return out
@@ -231,8 +250,10 @@ def measure_trainer(c: Check, out_dir: Path) -> dict:
                               workers=a.workers, warmup_epochs=0, progress=False, device=str(c.device),
                               num_classes=1000, name=f"{arch}-{name}", output_dir=str(out_dir / f"{arch}-{name}"))
             n = steps * a.batch_size
-            result = train(cfg, datasets=(_Synthetic(n, a.img_size), _Synthetic(a.batch_size, a.img_size)))
-            r[name] = float(result.history[-1]["images_per_s"])
+            result = c.attempt(f"trainer {arch} {name}", train, cfg,
+                               datasets=(_Synthetic(n, a.img_size), _Synthetic(a.batch_size, a.img_size)))
+            if result is not None:
+                r[name] = float(result.history[-1]["images_per_s"])
         if "plain" in r and "td" in r:
             r["td_over_plain"] = r["td"] / r["plain"]
     return res
@@ -321,12 +342,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loader-img-size", type=int, default=None, help="JPEG side (default 224; small: 64)")
     p.add_argument("--loader-epochs", type=int, default=None, help="timed loader epochs (default 3; small: 1)")
     p.add_argument("--loader-workers", type=int, default=None, help="default: one per CPU core (small: 1)")
-    p.add_argument("--budget-s", type=float, default=None, help="start no measurement after this (default 420)")
+    p.add_argument("--budget-s", type=float, default=None, help="start no measurement after this (default 360)")
     a = p.parse_args(argv)
     small = dict(batch_size=4, img_size=64, warmup=1, repeats=3, iters=1, workers=0, loader_images=16,
                  loader_img_size=64, loader_epochs=1, loader_workers=1, budget_s=120.0)
     full = dict(batch_size=256, img_size=224, warmup=5, repeats=7, iters=5, workers=8, loader_images=768,
-                loader_img_size=224, loader_epochs=3, loader_workers=None, budget_s=420.0)
+                loader_img_size=224, loader_epochs=3, loader_workers=None, budget_s=360.0)
     for k, v in (small if a.small else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -351,12 +372,18 @@ def main(argv=None) -> dict:
     report = {"meta": environment(c)}
     with tempfile.TemporaryDirectory(prefix="tdam-gpu-check-") as tmp:
         tmp = Path(tmp)
-        report["models"] = measure_models(c)
-        report["loader"], paths = measure_loader(c, tmp)
-        if c.cuda:
-            report["gpu_decode"] = measure_gpu_decode(c, paths)
+        # cheap and required measurements first, torch.compile (slow to compile) last, within the budget
+        report["models"] = measure_models(c, ("eager",))
+        loader = c.attempt("loader", measure_loader, c, tmp)
+        if loader is not None:
+            report["loader"], paths = loader
+            if c.cuda:
+                report["gpu_decode"] = c.attempt("gpu_decode", measure_gpu_decode, c, paths)
         report["trainer"] = measure_trainer(c, tmp / "runs")
+        if not c.args.no_compile:
+            measure_models(c, ("compile",), report["models"])
     report["meta"]["skipped"] = c.skipped
+    report["meta"]["errors"] = c.errors
     report["meta"]["elapsed_s"] = time.perf_counter() - c.t0
     _check_finite(report)
     out = Path(c.args.out)

@@ -34,7 +34,8 @@ def test_small_mode_writes_every_measurement(tmp_path):
     meta = r["meta"]
     for key in ("device", "dtype", "torch", "timm", "torchvision", "cuda", "batch_size", "img_size", "elapsed_s"):
         assert key in meta
-    assert meta["device_type"] == "cpu" and meta["dtype"] == "float32" and meta["skipped"] == []
+    assert meta["device_type"] == "cpu" and meta["dtype"] == "float32"
+    assert meta["skipped"] == [] and meta["errors"] == []
     for arch in ("resnet50", "resnet18"):
         m = r["models"][arch]
         for variant in ("plain", "td"):

@@ -84,7 +84,8 @@ class ImageNetParquetDataset(ImageDataset):
             labels += t.column("label").to_pylist()
             for c in extra:
                 extra[c] += t.column(c).to_pylist() if c in cols else [None] * t.num_rows
-            names += [f"{f}:{r}" for r in range(t.num_rows)]  # placeholders; path(i) names the image
+            paths = pf.read(columns=["image.path"]).column("image").combine_chunks().field("path").to_pylist()
+            names += [f"{f}:{p if p else r}" for r, p in enumerate(paths)]  # no image bytes read here
         self._extra = extra
         self.samples = [(p, int(lab)) for p, lab in zip(names, labels)]
         tdam_meta = json.loads(meta["tdam"]) if "tdam" in meta else {}
@@ -119,8 +120,8 @@ class ImageNetParquetDataset(ImageDataset):
         fi, rg = self._group_ids[g]
         if fi not in self._pf:
             self._pf[fi] = require("pyarrow.parquet").ParquetFile(self.files[fi], memory_map=True)
-        col = self._pf[fi].read_row_group(rg, columns=["image"]).column("image").combine_chunks()
-        rows = list(zip(col.field("bytes").to_pylist(), col.field("path").to_pylist()))
+        rows = self._pf[fi].read_row_group(rg, columns=["image.bytes"]).column("image").combine_chunks() \
+            .field("bytes").to_pylist()
         self._cache[g] = rows
         while len(self._cache) > _CACHED_GROUPS:
             self._cache.popitem(last=False)
@@ -128,8 +129,7 @@ class ImageNetParquetDataset(ImageDataset):
 
     def _image_bytes(self, i: int) -> tuple[bytes, str]:
         g, r = self._locate(i)
-        data, name = self._group(g)[r]
-        return data, f"{self.files[self._group_ids[g][0]]}:{name or r}"
+        return self._group(g)[r], self.samples[i][0]
 
     def _decode(self, i: int):
         data, name = self._image_bytes(i)
@@ -155,8 +155,8 @@ class ImageNetParquetDataset(ImageDataset):
         return img, target
 
     def path(self, i: int) -> str:
-        """``<parquet file>:<image path>`` of image ``i``."""
-        return self._image_bytes(i)[1]
+        """``<parquet file>:<image path>`` of image ``i`` (the row number where the file has no path)."""
+        return self.samples[i][0]
 
     @property
     def has_boxes(self) -> bool:
