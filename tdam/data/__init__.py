@@ -7,21 +7,22 @@ Generator
 Readers (one API; ``root`` is the dataset's own root, the path a user gives for the real dataset)
     ``build_dataset(kind, root, split, transform=None, *, variant=None, on_bad_image='raise'|'skip', **options)``
 
-    =============== ====================================== ===================== ===================================
-    kind            root                                   splits                targets / boxes
-    =============== ====================================== ===================== ===================================
-    imagenet        ``<shapes>/imagenet`` (train/, val/)   train, val (test=val) sorted-wnid index; val boxes (XML)
-    imagenet_v2     ``<shapes>/imagenet_v2`` or a variant  test (val=test)       int(folder name); no boxes
-    cub200          ``<shapes>/cub200/CUB_200_2011``       train, test (val=test) class_id - 1; one box per image
-    stanford_dogs   ``<shapes>/stanford_dogs``             train, test (val=test) labels - 1; XML boxes (all dogs)
-    coco2014        ``<shapes>/coco2014``                  train, val (test=val) multi-hot by ascending cat id; boxes
-    imagenet_wds    ``<shapes>/imagenet_wds`` (tar shards) train, val (test=val) as imagenet; boxes via with_meta
-    imagenet_parquet ``<shapes>/imagenet_parquet`` (HF)    train, val (test=val) as imagenet; val boxes
-    =============== ====================================== ===================== ===================================
+    ================ ====================================== ===================== ===================================
+    kind             root                                   splits                targets / boxes
+    ================ ====================================== ===================== ===================================
+    imagenet         ``<shapes>/imagenet`` (train/, val/)   train, val (test=val) sorted-wnid index; val boxes (XML)
+    imagenet_v2      ``<shapes>/imagenet_v2`` or a variant  test (val=test)       int(folder name); no boxes
+    cub200           ``<shapes>/cub200/CUB_200_2011``       train, test (val=test) class_id - 1; one box per image
+    stanford_dogs    ``<shapes>/stanford_dogs``             train, test (val=test) labels - 1; XML boxes (all dogs)
+    coco2014         ``<shapes>/coco2014``                  train, val (test=val) multi-hot by ascending cat id; boxes
+    imagenet_wds     ``<shapes>/imagenet_wds`` (tar shards) train, val (test=val) as imagenet; boxes via with_meta
+    imagenet_parquet ``<shapes>/imagenet_parquet`` (HF)     train, val (test=val) as imagenet; val boxes
+    ================ ====================================== ===================== ===================================
 
     Every dataset has ``classes``, ``targets``, ``len``, ``[i] -> (image, target)``, ``path(i)``,
     ``image_size(i) -> (w, h)``, ``has_boxes``, ``boxes(i)`` (float (K, 4) xyxy, original pixels) and
-    ``objects(i) -> (boxes, labels)``. ``variant`` selects the ImageNetV2 test set ('matched-frequency' default,
+    ``objects(i) -> (boxes, labels)``, except ``imagenet_wds``, a stream: iterate it (``with_meta=True`` yields the
+    boxes with each image). ``variant`` selects the ImageNetV2 test set ('matched-frequency' default,
     'threshold0.7', 'top-images').
 Shards for clusters (``pip install tdam[shards]``)
     ``imagenet_wds`` streams WebDataset tar shards (an IterableDataset on timm's ``ReaderWds``: split across ranks
