@@ -67,7 +67,7 @@ def _records(ds: ImageNetDataset) -> list[dict]:
         if "." in p.stem:
             raise ValueError(f"{path}: a file stem with a dot cannot be a WebDataset key")
         w, h = ds.image_size(i)
-        boxes, box_labels = ([], [])
+        boxes, box_labels = None, None  # null where the split has no box annotations
         if ds.has_boxes:
             b, bl = ds.objects(i)
             boxes, box_labels = b.tolist(), bl.tolist()

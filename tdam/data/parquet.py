@@ -87,6 +87,7 @@ class ImageNetParquetDataset(ImageDataset):
             paths = pf.read(columns=["image.path"]).column("image").combine_chunks().field("path").to_pylist()
             names += [f"{f}:{p if p else r}" for r, p in enumerate(paths)]  # no image bytes read here
         self._extra = extra
+        self._has_boxes = split == "val" and any(b is not None for b in extra["boxes"])
         self.samples = [(p, int(lab)) for p, lab in zip(names, labels)]
         tdam_meta = json.loads(meta["tdam"]) if "tdam" in meta else {}
         hf_names = []
@@ -160,7 +161,7 @@ class ImageNetParquetDataset(ImageDataset):
 
     @property
     def has_boxes(self) -> bool:
-        return self.split == "val" and any(b is not None for b in self._extra["boxes"])
+        return self._has_boxes
 
     def objects(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         boxes = self._extra["boxes"][i]

@@ -206,8 +206,8 @@ class ImageNetWdsDataset(IterableDataset):
         return img, target, {
             "key": sample["__key__"], "filename": meta.get("filename", sample["__key__"]),
             "synset": meta.get("synset", ""), "width": meta.get("width", 0), "height": meta.get("height", 0),
-            "boxes": boxes_tensor(meta.get("boxes", [])),
-            "box_labels": torch.tensor(meta.get("box_labels", []), dtype=torch.long)}
+            "boxes": boxes_tensor(meta.get("boxes") or []),
+            "box_labels": torch.tensor(meta.get("box_labels") or [], dtype=torch.long)}
 
     def __iter__(self):
         for sample in self.reader:
