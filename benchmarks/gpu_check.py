@@ -100,7 +100,7 @@ def environment(c: Check) -> dict:
            "cudnn": torch.backends.cudnn.version() if c.cuda else None, "cpu_count": os.cpu_count(),
            "batch_size": c.args.batch_size, "img_size": c.args.img_size, "warmup": c.args.warmup,
            "repeats": c.args.repeats, "iters_per_repeat": c.args.iters, "small": c.args.small,
-           "compile": not c.args.no_compile}
+           "compile": not c.args.no_compile, "compile_backend": c.args.compile_backend}
     return env
 
 
@@ -122,7 +122,7 @@ def _batch(c: Check) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _step_fn(model: nn.Module, kind: str, compiled: bool, c: Check):
     """One inference or training step of ``model`` (compiled forward when asked)."""
-    run = torch.compile(model) if compiled else model
+    run = torch.compile(model, backend=c.args.compile_backend) if compiled else model
     if kind == "inference":
         model.eval()
 
@@ -336,6 +336,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per model (default 7; small: 3)")
     p.add_argument("--iters", type=int, default=None, help="steps per timed repeat (default 5; small: 1)")
     p.add_argument("--no-compile", action="store_true", help="eager only (implied by --small)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend ('aot_eager': tracing only)")
     p.add_argument("--trainer-steps", type=int, default=30, help="optimizer steps per trainer epoch")
     p.add_argument("--workers", type=int, default=None, help="trainer DataLoader workers (default 8; small: 0)")
     p.add_argument("--loader-images", type=int, default=None, help="generated JPEGs (default 768; small: 16)")
