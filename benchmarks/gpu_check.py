@@ -237,15 +237,15 @@ def measure_trainer(c: Check, out_dir: Path) -> dict:
     from tdam.train import load_config, train
 
     a = c.args
-    steps = 2 if a.small else max(10, a.trainer_steps)
-    res: dict = {"steps_per_epoch": steps, "epochs": 2, "workers": a.workers, "note": "images_per_s of the last "
+    steps, epochs = (1, 1) if a.small else (max(10, a.trainer_steps), 2)
+    res: dict = {"steps_per_epoch": steps, "epochs": epochs, "workers": a.workers, "note": "images_per_s of the last "
                  "epoch as the trainer logs it (its DataLoader on in-memory tensors included)"}
     for arch in a.archs:
         r = res.setdefault(arch, {})
         for name, td in (("plain", False), ("td", True)):
             if not c.time_left(f"trainer {arch} {name}"):
                 continue
-            cfg = load_config(None, backbone=arch, **({k: v for k, v in TD.items()} if td else {}), epochs=2,
+            cfg = load_config(None, backbone=arch, **({k: v for k, v in TD.items()} if td else {}), epochs=epochs,
                               steps_per_epoch=steps, val_batches=1, batch_size=a.batch_size, img_size=a.img_size,
                               workers=a.workers, warmup_epochs=0, progress=False, device=str(c.device),
                               num_classes=1000, name=f"{arch}-{name}", output_dir=str(out_dir / f"{arch}-{name}"))
@@ -345,8 +345,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--loader-workers", type=int, default=None, help="default: one per CPU core (small: 1)")
     p.add_argument("--budget-s", type=float, default=None, help="start no measurement after this (default 360)")
     a = p.parse_args(argv)
-    small = dict(batch_size=4, img_size=64, warmup=1, repeats=3, iters=1, workers=0, loader_images=16,
-                 loader_img_size=64, loader_epochs=1, loader_workers=1, budget_s=120.0)
+    small = dict(batch_size=2, img_size=64, warmup=1, repeats=2, iters=1, workers=0, loader_images=16,
+                 loader_img_size=64, loader_epochs=1, loader_workers=1, budget_s=900.0)
     full = dict(batch_size=256, img_size=224, warmup=5, repeats=7, iters=5, workers=8, loader_images=768,
                 loader_img_size=224, loader_epochs=3, loader_workers=None, budget_s=360.0)
     for k, v in (small if a.small else full).items():
