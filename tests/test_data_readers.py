@@ -209,7 +209,8 @@ def test_coco_ids_1_3_90_map_to_0_1_2(tmp_path):
 
 
 def test_build_dataset_rejects_bad_kind_and_split(shapes_tiny):
-    choices = r"valid choices are \['coco2014', 'cub200', 'imagenet', 'imagenet_v2', 'stanford_dogs'\]"
+    choices = (r"valid choices are \['coco2014', 'cub200', 'imagenet', 'imagenet_parquet', 'imagenet_v2', "
+               r"'imagenet_wds', 'stanford_dogs'\]")
     with pytest.raises(ValueError, match=choices):
         build_dataset("imagenet1k", shapes_tiny, "train")
     with pytest.raises(ValueError, match="split='validation' is not valid; valid choices are"):

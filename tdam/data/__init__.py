@@ -7,20 +7,29 @@ Generator
 Readers (one API; ``root`` is the dataset's own root, the path a user gives for the real dataset)
     ``build_dataset(kind, root, split, transform=None, *, variant=None, on_bad_image='raise'|'skip', **options)``
 
-    =============== ====================================== ===================== ===================================
-    kind            root                                   splits                targets / boxes
-    =============== ====================================== ===================== ===================================
-    imagenet        ``<shapes>/imagenet`` (train/, val/)   train, val (test=val) sorted-wnid index; val boxes (XML)
-    imagenet_v2     ``<shapes>/imagenet_v2`` or a variant  test (val=test)       int(folder name); no boxes
-    cub200          ``<shapes>/cub200/CUB_200_2011``       train, test (val=test) class_id - 1; one box per image
-    stanford_dogs   ``<shapes>/stanford_dogs``             train, test (val=test) labels - 1; XML boxes (all dogs)
-    coco2014        ``<shapes>/coco2014``                  train, val (test=val) multi-hot by ascending cat id; boxes
-    =============== ====================================== ===================== ===================================
+    ================ ====================================== ===================== ===================================
+    kind             root                                   splits                targets / boxes
+    ================ ====================================== ===================== ===================================
+    imagenet         ``<shapes>/imagenet`` (train/, val/)   train, val (test=val) sorted-wnid index; val boxes (XML)
+    imagenet_v2      ``<shapes>/imagenet_v2`` or a variant  test (val=test)       int(folder name); no boxes
+    cub200           ``<shapes>/cub200/CUB_200_2011``       train, test (val=test) class_id - 1; one box per image
+    stanford_dogs    ``<shapes>/stanford_dogs``             train, test (val=test) labels - 1; XML boxes (all dogs)
+    coco2014         ``<shapes>/coco2014``                  train, val (test=val) multi-hot by ascending cat id; boxes
+    imagenet_wds     ``<shapes>/imagenet_wds`` (tar shards) train, val (test=val) as imagenet; boxes via with_meta
+    imagenet_parquet ``<shapes>/imagenet_parquet`` (HF)     train, val (test=val) as imagenet; val boxes
+    ================ ====================================== ===================== ===================================
 
     Every dataset has ``classes``, ``targets``, ``len``, ``[i] -> (image, target)``, ``path(i)``,
     ``image_size(i) -> (w, h)``, ``has_boxes``, ``boxes(i)`` (float (K, 4) xyxy, original pixels) and
-    ``objects(i) -> (boxes, labels)``. ``variant`` selects the ImageNetV2 test set ('matched-frequency' default,
+    ``objects(i) -> (boxes, labels)``, except ``imagenet_wds``, a stream: iterate it (``with_meta=True`` yields the
+    boxes with each image). ``variant`` selects the ImageNetV2 test set ('matched-frequency' default,
     'threshold0.7', 'top-images').
+Shards for clusters (``pip install tdam[shards]``)
+    ``imagenet_wds`` streams WebDataset tar shards (an IterableDataset on timm's ``ReaderWds``: split across ranks
+    and workers, resume at epoch boundaries; see :mod:`tdam.data.wds`; loader helpers ``shard_loader``,
+    ``set_shard_epoch``); ``imagenet_parquet`` reads Hugging Face ``imagenet-1k`` parquet files (map-style, see
+    :mod:`tdam.data.parquet`). ``convert_imagenet`` / ``python -m tdam.data.convert SRC OUT`` writes both from an
+    ImageNet folder; ``make_shapes_dataset(formats=('wds', 'parquet'))`` adds them to the embedded dataset.
 Errors
     A missing root / wrong layout / missing annotation file raises :class:`DatasetLayoutError` (a FileNotFoundError
     and ValueError) naming the path and printing the expected layout. An undecodable image raises
@@ -44,38 +53,48 @@ from tdam.validation import check_choice
 from .base import BadSample, ImageDataset
 from .boxes import Geometry, eval_geometry, map_boxes
 from .coco import COCO2014Dataset
+from .convert import convert_imagenet
 from .errors import BadImageError, DatasetLayoutError
 from .finegrained import CUB200Dataset, StanfordDogsDataset
 from .imagenet import IMAGENET_V2_VARIANTS, ImageNetDataset, ImageNetV2Dataset
 from .loader import CountingDataLoader, collate_drop_bad
+from .parquet import ImageNetParquetDataset
 from .shapes import MARKER, load_manifest, make_shapes_dataset
 from .transforms import PRESETS, build_transform
+from .wds import ImageNetWdsDataset, set_shard_epoch, shard_loader
 
 __all__ = [
     "dataset_root", "shapes_root", "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS",
     "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
     "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
-    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS",
+    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "ImageNetWdsDataset",
+    "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS",
 ]
 
-DATASETS: dict[str, type[ImageDataset]] = {
+DATASETS: dict[str, type] = {
     "imagenet": ImageNetDataset,
     "imagenet_v2": ImageNetV2Dataset,
     "cub200": CUB200Dataset,
     "stanford_dogs": StanfordDogsDataset,
     "coco2014": COCO2014Dataset,
+    "imagenet_wds": ImageNetWdsDataset,
+    "imagenet_parquet": ImageNetParquetDataset,
 }
+#: the dataset kinds that are a converted format of ImageNet -> make_shapes_dataset(formats=...) entry
+SHARD_FORMATS = {"imagenet_wds": "wds", "imagenet_parquet": "parquet"}
 
 #: where each kind lives inside a make_shapes_dataset() folder
 _SHAPES_SUBDIR = {"imagenet": "imagenet", "imagenet_v2": "imagenet_v2", "cub200": "cub200/CUB_200_2011",
-                  "stanford_dogs": "stanford_dogs", "coco2014": "coco2014"}
+                  "stanford_dogs": "stanford_dogs", "coco2014": "coco2014", "imagenet_wds": "imagenet_wds",
+                  "imagenet_parquet": "imagenet_parquet"}
 
 
 def build_dataset(kind: str, root: str | os.PathLike, split: str, transform: Callable | None = None, *,
                   variant: str | None = None, on_bad_image: str = "raise", **options) -> ImageDataset:
     """Open dataset ``kind`` at its root (see the module docstring table). ``variant`` is for ``imagenet_v2``
     only; ``options`` go to the reader (e.g. ``boxes_dir`` for imagenet, ``include_unlabeled`` for coco2014,
-    ``num_classes`` for imagenet_v2, ``target_transform``)."""
+    ``num_classes`` for imagenet_v2, ``target_transform``; ``training``, ``seed``, ``batch_size``, ``with_meta``
+    for imagenet_wds)."""
     check_choice("kind", kind, sorted(DATASETS))
     if (Path(root) / MARKER).is_file():
         raise DatasetLayoutError(f"{root} is a whole tdam-shapes folder, not a {kind} dataset root; pass "
@@ -92,7 +111,8 @@ def dataset_root(kind: str, data_dir: str | os.PathLike | None = None, *, size: 
     tdam-shapes dataset of ``size`` (generated on first use, then cached)."""
     if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser()
-    return Path(shapes_root(make_shapes_dataset(size=size), kind))
+    formats = (SHARD_FORMATS[kind],) if kind in SHARD_FORMATS else ()
+    return Path(shapes_root(make_shapes_dataset(size=size, formats=formats), kind))
 
 
 def shapes_root(shapes: str | os.PathLike, kind: str) -> str:

@@ -19,6 +19,9 @@
 * ``coco2014/``: ``annotations/instances_{train,val}2014.json`` and ``{train,val}2014/COCO_<split>2014_<id:012d>.jpg``;
   6 categories with non-contiguous ids (1, 3, 17, 44, 62, 90), 1-3 objects per image (multi-label), a few images
   without annotations (absent from the multi-label benchmark, as in real COCO).
+* ``imagenet_wds/`` and ``imagenet_parquet/`` (only when asked, ``formats=('wds', 'parquet')``): ``imagenet/``
+  converted by :mod:`tdam.data.convert` into WebDataset shards and Hugging Face-style parquet files (same image
+  bytes, labels, synsets and val boxes), added to a complete dataset on first request.
 * ``manifest.json``: what was written (per dataset and split: file, label, boxes, box labels, size, all objects), used
   by the tests; ``.tdam-shapes-complete``: the completion marker, written last.
 
@@ -520,15 +523,46 @@ def _remove_stale_temps(root: Path) -> None:
             continue
 
 
-def make_shapes_dataset(root: str | os.PathLike | None = None, *, seed: int = 0, size: str = "default") -> Path:
+#: shard / parquet sizes of the converted formats: (images per tar shard, rows per parquet file, rows per row group)
+_FORMAT_SIZES = {"tiny": (8, 32, 10), "default": (100, 1000, 100)}
+
+
+def make_shapes_dataset(root: str | os.PathLike | None = None, *, seed: int = 0, size: str = "default",
+                        formats: tuple[str, ...] | list[str] = ()) -> Path:
     """Generate (once) the embedded tdam-shapes datasets under ``root`` and return ``root``.
 
     ``root`` defaults to ``tdam.paths.data_cache_dir() / f"shapes-{size}-s{seed}"``. ``size`` is ``'tiny'`` (tests:
     a few hundred images, ~1 s) or ``'default'`` (notebooks: ~2.4k ImageNet-style training images). A complete
     dataset (marker present, same generator version/seed/size) is reused; a different one at ``root`` raises
-    ``ValueError``; a non-empty folder without the marker is never touched (``FileExistsError``).
+    ``ValueError``; a non-empty folder without the marker is never touched (``FileExistsError``). ``formats``
+    (subset of ``('wds', 'parquet')``) also writes ``imagenet/`` as shards / parquet files (cached likewise).
     """
     check_choice("size", size, sorted(SIZES))
+    root = _make_folders(root, seed=seed, size=size)
+    if formats:
+        _add_formats(root, size, tuple(formats))
+    return root
+
+
+def _add_formats(root: Path, size: str, formats: tuple[str, ...]) -> None:
+    from .convert import FORMATS, PARQUET_DIR, WDS_DIR, convert_imagenet
+    for f in formats:
+        check_choice("format", f, FORMATS)
+    folder = {"wds": WDS_DIR, "parquet": PARQUET_DIR}
+    missing = [f for f in dict.fromkeys(formats) if not (root / folder[f]).is_dir()]
+    if not missing:
+        return
+    shard, rows, group = _FORMAT_SIZES[size]
+    try:
+        convert_imagenet(root / "imagenet", root, formats=missing, shard_size=shard, rows_per_file=rows,
+                         row_group_size=group)
+    except OSError:
+        if not all((root / folder[f]).is_dir() for f in missing):  # else a concurrent process finished first
+            raise
+
+
+def _make_folders(root: str | os.PathLike | None, *, seed: int, size: str) -> Path:
+    """The folder-format generation of :func:`make_shapes_dataset` (cached, atomic)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if root is None:

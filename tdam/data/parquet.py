@@ -1,0 +1,184 @@
+"""ImageNet from Hugging Face ``imagenet-1k``-style parquet files on local disk (kind ``imagenet_parquet``).
+
+Layout: ``<root>/data/{train,validation}-NNNNN-of-MMMMM.parquet`` (the Hub's; ``<root>/{split}-*.parquet`` and
+``<root>/{split}/*.parquet`` are found too) with columns ``image`` (struct ``bytes``, ``path``) and ``label``; the
+optional ``synset``, ``width``, ``height``, ``boxes`` and ``box_labels`` columns that :mod:`tdam.data.convert`
+writes give synsets and boxes. Split ``train`` reads ``train``, ``val``/``test`` read ``validation`` (the Hub's test
+split has no labels). Class names come from the files' Hugging Face ClassLabel metadata (tdam's synsets first).
+
+Why not timm's ``ReaderHfds``: it goes through the ``datasets`` library, which first converts the parquet files
+into its own Arrow cache (a full second copy of ImageNet) and pulls a large dependency tree; this reader needs only
+``pyarrow`` (``pip install tdam[shards]``) and reads the files in place.
+
+It is map-style: indices, ``len``, ``DistributedSampler`` and resume work as for the image folders. The labels and
+box columns are read at open; image bytes are read per parquet ROW GROUP (a few recently used groups are cached per
+process), so sequential evaluation reads each group once while shuffled training reads one group per image
+(the Hub's files use 100-image groups; streamed shards, :mod:`tdam.data.wds`, are the faster training input).
+"""
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from .base import BadSample, ImageDataset, boxes_tensor
+from .convert import SPLIT_NAMES, require
+from .errors import BadImageError, layout_error
+
+__all__ = ["ImageNetParquetDataset"]
+
+_LAYOUT = """\
+<root>/data/train-NNNNN-of-MMMMM.parquet        (columns image {bytes, path}, label; the Hub's imagenet-1k)
+<root>/data/validation-NNNNN-of-MMMMM.parquet  (optional columns synset, width, height, boxes, box_labels)
+(write it with: python -m tdam.data.convert <imagenet folder> <out>)"""
+_CACHED_GROUPS = 4
+
+
+class ImageNetParquetDataset(ImageDataset):
+    """ImageNet from parquet files (see the module docstring). ``split`` in {'train', 'val'} ('test' = 'val');
+    ``num_classes`` fixes the class count when the files carry no ClassLabel names."""
+
+    kind = "imagenet_parquet"
+    layout = _LAYOUT
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None, *,
+                 on_bad_image: str = "raise", target_transform: Callable | None = None,
+                 num_classes: int | None = None) -> None:
+        split = self._split(split, {"train": "train", "val": "val", "test": "val"}, self.kind)
+        super().__init__(root, split, transform, on_bad_image=on_bad_image, target_transform=target_transform)
+        pq = require("pyarrow.parquet")
+        self._check_root()
+        name = SPLIT_NAMES[split]
+        files = []
+        for pattern in (f"data/{name}-*.parquet", f"{name}-*.parquet", f"{name}/*.parquet"):
+            files = sorted(self.root.glob(pattern))
+            if files:
+                break
+        if not files:
+            raise layout_error(self.kind, self.root, f"no {name!r} parquet files in", self.layout)
+        self.files = [str(f) for f in files]
+        self._group_starts: list[int] = []  # global index of each row group's first row
+        self._group_ids: list[tuple[int, int]] = []  # (file, row group)
+        labels, names, extra = [], [], {"synset": [], "width": [], "height": [], "boxes": [], "box_labels": []}
+        meta = {}
+        n = 0
+        for fi, f in enumerate(self.files):
+            pf = pq.ParquetFile(f)
+            cols = set(pf.schema_arrow.names)
+            if not {"image", "label"} <= cols:
+                raise layout_error(self.kind, f, f"columns {sorted(cols)} lack 'image'/'label' in", self.layout)
+            meta = meta or {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
+            for g in range(pf.metadata.num_row_groups):
+                self._group_starts.append(n)
+                self._group_ids.append((fi, g))
+                n += pf.metadata.row_group(g).num_rows
+            want = ["label"] + [c for c in extra if c in cols]
+            t = pf.read(columns=want)
+            labels += t.column("label").to_pylist()
+            for c in extra:
+                extra[c] += t.column(c).to_pylist() if c in cols else [None] * t.num_rows
+            paths = pf.read(columns=["image.path"]).column("image").combine_chunks().field("path").to_pylist()
+            names += [f"{f}:{p if p else r}" for r, p in enumerate(paths)]  # no image bytes read here
+        self._extra = extra
+        self._has_boxes = split == "val" and any(b is not None for b in extra["boxes"])
+        self.samples = [(p, int(lab)) for p, lab in zip(names, labels)]
+        tdam_meta = json.loads(meta["tdam"]) if "tdam" in meta else {}
+        hf_names = []
+        if "huggingface" in meta:
+            feat = json.loads(meta["huggingface"]).get("info", {}).get("features", {}).get("label", {})
+            hf_names = list(feat.get("names") or [])
+        self.classes = list(tdam_meta.get("synsets") or hf_names)
+        if not self.classes:
+            k = num_classes if num_classes is not None else max(labels) + 1
+            self.classes = [str(i) for i in range(k)]
+        self.class_names = list(tdam_meta.get("class_names") or hf_names or self.classes)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self._pf: dict[int, object] = {}
+        self._cache: OrderedDict = OrderedDict()
+
+    def __getstate__(self):  # open file handles and cached groups stay in their process
+        state = dict(self.__dict__)
+        state["_pf"], state["_cache"] = {}, OrderedDict()
+        return state
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self.samples):
+            raise IndexError(f"index {i} out of range for {len(self.samples)} images")
+        g = bisect.bisect_right(self._group_starts, i) - 1
+        return g, i - self._group_starts[g]
+
+    def _group(self, g: int):
+        if g in self._cache:
+            self._cache.move_to_end(g)
+            return self._cache[g]
+        fi, rg = self._group_ids[g]
+        if fi not in self._pf:
+            self._pf[fi] = require("pyarrow.parquet").ParquetFile(self.files[fi], memory_map=True)
+        rows = self._pf[fi].read_row_group(rg, columns=["image.bytes"]).column("image").combine_chunks() \
+            .field("bytes").to_pylist()
+        self._cache[g] = rows
+        while len(self._cache) > _CACHED_GROUPS:
+            self._cache.popitem(last=False)
+        return rows
+
+    def _image_bytes(self, i: int) -> tuple[bytes, str]:
+        g, r = self._locate(i)
+        return self._group(g)[r], self.samples[i][0]
+
+    def _decode(self, i: int):
+        data, name = self._image_bytes(i)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as e:
+            raise BadImageError(name, e) from e
+
+    def __getitem__(self, i: int):
+        try:
+            img = self._decode(i)
+        except BadImageError as e:
+            if self.on_bad_image == "raise":
+                raise
+            self.bad_images.append(e.path)
+            return BadSample(e.path, i)
+        if self.transform is not None:
+            img = self.transform(img)
+        target = self._target(i)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+    def path(self, i: int) -> str:
+        """``<parquet file>:<image path>`` of image ``i`` (the row number where the file has no path)."""
+        return self.samples[i][0]
+
+    @property
+    def has_boxes(self) -> bool:
+        return self._has_boxes
+
+    def objects(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes = self._extra["boxes"][i]
+        if boxes is None:
+            return super().objects(i)
+        return boxes_tensor(boxes), torch.tensor(self._extra["box_labels"][i] or [], dtype=torch.long)
+
+    def synset(self, i: int) -> str:
+        return self._extra["synset"][i] or self.classes[self.samples[i][1]]
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        w, h = self._extra["width"][i], self._extra["height"][i]
+        if w and h:
+            return int(w), int(h)
+        data, name = self._image_bytes(i)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+        except (OSError, SyntaxError, ValueError, TypeError) as e:
+            raise BadImageError(name, e) from e
