@@ -3,12 +3,17 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
+LAB     = $(VENV)/.installed-lab
+PROFILE ?= embedded
+DATA_DIR ?=
+LAB_ARGS ?=
+TB_ARGS ?=
 # Idle OpenMP threads sleep instead of spinning: on a shared or small machine (CI runners, several test processes,
 # notebook kernels) spinning threads made torch's CPU kernels up to 10x slower in our runs. Exported to every target
 # and the processes they start; outside make, export it yourself before starting Python.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-drills test-slow lab bench clean
+.PHONY: install demo test test-drills test-slow reproduce lab tb bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +36,23 @@ test-drills: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
-lab: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[lab]"
-	$(VENV)/bin/jupyter lab notebooks/
+# All nine notebooks in order, headless; skips those already done with the same parameters (FORCE=1 reruns them).
+# `make reproduce PROFILE=paper DATA_DIR=/data/imagenet` runs them on ImageNet with the paper's recipes.
+reproduce: $(STAMP)
+	$(PY) -m tdam.notebook.reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FORCE),--force)
+
+$(LAB): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[lab]"
+	touch $(LAB)
+
+# JupyterLab at the repository root (notebooks/, figures/ and runs/ all reachable); as root too (containers,
+# clusters). Extra options: make lab LAB_ARGS="--no-browser --port 8890".
+lab: $(LAB)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# TensorBoard over every training run (each run logs to <run>/tb/).
+tb: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs $(TB_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_td_block.py
