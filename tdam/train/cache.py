@@ -167,7 +167,9 @@ def train_or_reuse(cfg: TrainConfig, *, gpus: int = 0, force: bool = False):
     (``tdam.train.run_training`` on ``gpus``), all through :func:`ensure_run`. ``force=True`` trains again into a
     NEW folder (:func:`new_run_folder`), so the finished run that notebooks 02-09 reuse never changes."""
     from tdam.train.launch import run_training
+    from tdam.validation import check_bool
 
+    check_bool("force", force)
     if force:
         cfg = new_run_folder(cfg)
     trained = []
