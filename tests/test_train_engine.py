@@ -64,6 +64,16 @@ def test_resume_mid_epoch_equals_uninterrupted(reference_run):
     assert header == list(METRIC_COLUMNS)
 
 
+def test_resume_mid_epoch_with_workers_equals_uninterrupted(reference_run):
+    """With 2 data-loader workers, interrupted after 4 updates and resumed == the uninterrupted run without workers,
+    bit for bit: each sample's augmentation is seeded by (seed, epoch, index), whichever process draws it."""
+    cut = train(tiny_cfg("cut-workers", workers=2, **REF), stop_at_step=4)
+    assert cut.interrupted
+    resumed = train(tiny_cfg("cut-workers", workers=2, resume=True, **REF))
+    assert not resumed.interrupted
+    assert_same_run(read_checkpoint(reference_run.last_checkpoint), read_checkpoint(resumed.last_checkpoint))
+
+
 def test_run_folder_outputs(reference_run):
     res = reference_run
     d = res.run_dir

@@ -1,19 +1,26 @@
 """Cached runs: train a configuration once, reuse it afterwards, resume it when it was interrupted.
 
 :func:`ensure_run` is the one cache-or-train mechanism, used by :func:`ensure_checkpoint` (the ImageNet models of
-notebooks 02-09) and by ``tdam.transfer.ensure_transfer_run`` (notebook 07). Under a file lock on the run folder it
-reuses a finished run, resumes an interrupted one (``last.pth``) or trains from scratch; a folder that holds a run of a
-DIFFERENT configuration is an error, never silently reused.
+notebooks 02-09), by :func:`train_or_reuse` (notebook 01) and by ``tdam.transfer.ensure_transfer_run`` (notebook
+07). Under an exclusive file lock on the run folder (``<run>/.lock``) it reuses a finished run, resumes an
+interrupted one (``last.pth``) or trains from scratch. Two processes (kernels, ``make`` targets) asking for the same
+run wait on that lock: the first trains, the others then find the finished run and reuse it. The lock is a different
+file from the trainer's own run-folder guard, which ``train`` takes without waiting, so the two never deadlock.
 
-The ImageNet run folder is ``runs/01_train_imagenet/<model tag>-<profile>-<hash>``, the hash covering every config
-value that changes what is learned, so notebook 01 with its default parameters and ``ensure_checkpoint()`` with its
-defaults name the same run: whichever runs first trains it, the other reuses it. Nothing binary is committed.
+Every cached run is keyed by everything it depends on: the folder name carries a hash of it. The ImageNet run folder
+is ``runs/01_train_imagenet/<model tag>-<profile>-<hash>``, the hash covering every config value that changes what is
+learned, so notebook 01 with its default parameters and ``ensure_checkpoint()`` with its defaults name the same run:
+whichever runs first trains it, the other reuses it. The transfer runs add the digest of their backbone checkpoint
+(``tdam.transfer.run``), so a changed input makes a new entry next to the old one, never an error. A folder named
+explicitly (``name`` / ``output_dir``) that holds a run of a DIFFERENT configuration is an error, never silently
+reused. Old entries are listed and pruned with ``python -m tdam.cache``. Nothing binary is committed.
 """
 from __future__ import annotations
 
 import dataclasses
 import fcntl
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -22,9 +29,12 @@ from tdam.checkpoint import read_checkpoint
 from tdam.models import model_spec
 from tdam.train.config import TrainConfig, load_config, semantic_config
 
-__all__ = ["ensure_checkpoint", "checkpoint_config", "find_checkpoint", "ensure_run", "RUN_KEY_FILE"]
+__all__ = ["ensure_checkpoint", "checkpoint_config", "find_checkpoint", "ensure_run", "train_or_reuse", "run_result",
+           "new_run_folder", "RUN_KEY_FILE", "INPUTS_FILE", "LOCK_FILE"]
 
 RUN_KEY_FILE = "run_key.json"   # a run's extra identity (ensure_run's ``key``), written before it trains
+INPUTS_FILE = "inputs.json"     # the upstream files a run was built from (path + SHA-256 prefix), for `tdam.cache`
+LOCK_FILE = ".lock"             # ensure_run's lock; its mtime is the run's last use (`tdam.cache list`)
 
 
 def _plain_json(obj: Any) -> Any:
@@ -61,8 +71,9 @@ def find_checkpoint(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None) -
 
 @contextmanager
 def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``<run_dir>/.lock`` (waits for the holder); opening it marks the run as used now."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as f:
+    with open(run_dir / LOCK_FILE, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -71,13 +82,16 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
-               train_fn: Callable[[TrainConfig], Any] | None = None) -> Path:
+               train_fn: Callable[[TrainConfig], Any] | None = None,
+               inputs: Mapping[str, str | Path] | None = None) -> Path:
     """The checkpoint of the finished run of ``cfg``: reused when present, resumed when interrupted, else trained.
 
     ``key``: what identifies the run beyond ``cfg``'s own semantic config (the transfer runs: their WS-DAN / ASL
-    settings and the backbone checkpoint's digest), kept in ``run_key.json``. ``train_fn(cfg)``: trains ``cfg``
-    and returns its ``RunResult`` (default ``tdam.train.train``). Raises KeyboardInterrupt when the training was
-    interrupted (call again to resume)."""
+    settings and the backbone checkpoint's digest), kept in ``run_key.json``. ``inputs``: upstream files by role
+    (e.g. ``{'backbone_checkpoint': path}``), recorded with their digests in ``inputs.json`` so ``python -m
+    tdam.cache`` can tell when they changed. ``train_fn(cfg)``: trains ``cfg`` and returns its ``RunResult``
+    (default ``tdam.train.train``). Everything from the look-up to the end of the training happens under the run's
+    lock. Raises KeyboardInterrupt when the training was interrupted (call again to resume)."""
     if train_fn is None:
         from tdam.train.trainer import train as train_fn
 
@@ -87,6 +101,11 @@ def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
             return found
         if key is not None:
             (run_dir / RUN_KEY_FILE).write_text(json.dumps(_plain_json(key), indent=1, sort_keys=True))
+        if inputs:
+            from tdam.notebook.outputs import file_digest
+
+            record = {role: {"path": str(Path(p).resolve()), "sha256": file_digest(p)} for role, p in inputs.items()}
+            (run_dir / INPUTS_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
         result = train_fn(cfg.replace(resume="auto"))     # continue an interrupted run of this config
         if result.interrupted:
             raise KeyboardInterrupt(f"training of {run_dir} was interrupted; call again to resume it")
@@ -110,3 +129,58 @@ def ensure_checkpoint(backbone: str = "resnet18", attention: str | None = "td", 
     ``attention=None`` (or 'plain') is the plain backbone. The defaults are notebook 01's default run.
     Example: ``ensure_checkpoint('resnet50', 'se')``, ``ensure_checkpoint('resnet18', 'td', t=3, epochs=1)``."""
     return ensure_run(checkpoint_config(backbone, attention, profile, config=config, **overrides))
+
+
+def new_run_folder(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` in a NEW folder next to its usual one, ``<run name>-<YYYYmmdd-HHMMSS>`` (claimed atomically, so two
+    forced runs never share one): a retraining that leaves the finished run, and what reuses it, untouched."""
+    base = cfg.run_dir()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        folder = base.with_name(f"{base.name}-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return cfg.replace(name=folder.name, output_dir=str(folder), resume=False)
+    raise RuntimeError(f"no free run folder next to {base}")
+
+
+def run_result(run_dir: str | Path):
+    """The :class:`~tdam.train.trainer.RunResult` of the run in ``run_dir``, read back from its files (history and
+    best epoch from ``last.pth``, the environment from ``env.json``): what a reused run shows."""
+    from tdam.train.trainer import RunResult
+
+    run_dir = Path(run_dir)
+    ck = read_checkpoint(run_dir / "last.pth")
+    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+    num_classes = env.get("num_classes") or (ck.get("model_config") or {}).get("num_classes")
+    summary = run_dir / "summary.json"
+    return RunResult(run_dir=run_dir, history=list(ck["metrics"]["history"]), best=ck["metrics"]["best"],
+                     num_classes=int(num_classes), interrupted=int(ck.get("epoch", 0)) < int(ck["config"]["epochs"])
+                     or not summary.is_file(), env=env)
+
+
+def train_or_reuse(cfg: TrainConfig, *, gpus: int = 0, force: bool = False):
+    """Notebook 01: the :class:`~tdam.train.trainer.RunResult` of ``cfg``, reusing its finished run when there is
+    one (nothing is trained; a line says so), continuing it when it was interrupted, else training it
+    (``tdam.train.run_training`` on ``gpus``), all through :func:`ensure_run`. ``force=True`` trains again into a
+    NEW folder (:func:`new_run_folder`), so the finished run that notebooks 02-09 reuse never changes."""
+    from tdam.train.launch import run_training
+    from tdam.validation import check_bool
+
+    check_bool("force", force)
+    if force:
+        cfg = new_run_folder(cfg)
+    trained = []
+
+    def train_fn(c: TrainConfig):
+        trained.append(run_training(c, gpus=gpus))
+        return trained[-1]
+
+    ensure_run(cfg, train_fn=train_fn)
+    if trained:
+        return trained[0]
+    print(f"reusing the finished run {cfg.run_dir()} (same parameters): nothing trained; force=True or a new "
+          f"`name` trains into a new folder", flush=True)
+    return run_result(cfg.run_dir())

@@ -44,7 +44,7 @@ DEFAULT_MODEL = {"arch": "resnet18"}   # the model a config gets when no file na
 # Fields that do not change what is learned: ignored when deciding whether a cached run matches a request.
 NON_SEMANTIC = frozenset({
     "name", "output_dir", "resume", "workers", "progress", "log_interval", "device", "compile",
-    "checkpoint_every_steps", "profile",
+    "checkpoint_every_steps", "profile", "deterministic",
 })
 
 
@@ -100,6 +100,7 @@ class TrainConfig:
     amp: str = "auto"                      # auto: bf16 (or fp16+GradScaler) on CUDA, fp32 on CPU
     channels_last: bool | None = None      # None: on CUDA only
     compile: bool = False
+    deterministic: bool = False            # GPU: deterministic algorithms, no cuDNN autotuning (tdam.train.state)
     # --- limits, logging, checkpoints ---
     steps_per_epoch: int | None = None     # cap optimizer updates per epoch (smoke runs)
     val_batches: int | None = None         # cap validation batches (smoke runs)
@@ -158,7 +159,7 @@ class TrainConfig:
             raise ValueError(f"resume={self.resume!r}: expected true/false or a checkpoint path")
         for name in ("channels_last", "progress"):
             check_bool(name, getattr(self, name), optional=True)
-        for name in ("compile", "model_ema", "skip_bad_images"):
+        for name in ("compile", "model_ema", "skip_bad_images", "deterministic"):
             check_bool(name, getattr(self, name))
         return self
 

@@ -3,6 +3,9 @@
 ``data_dir: null`` means the embedded tdam-shapes dataset (generated once by ``tdam.data.make_shapes_dataset``);
 otherwise ``data_dir`` is the dataset root in its real layout (for ImageNet: ``<data_dir>/train/<wnid>/*.JPEG`` and
 ``<data_dir>/val/<wnid>/*.JPEG``); a wrong layout fails here, before any model is built, naming what was expected.
+
+The training loader draws each sample's augmentation from generators seeded by (seed, epoch, sample index)
+(:class:`SeededSamples`), so a run's batches do not depend on ``workers`` nor on a mid-epoch resume.
 """
 from __future__ import annotations
 
@@ -15,9 +18,27 @@ from torch.utils.data import DataLoader, default_collate
 
 from tdam.train.config import TrainConfig
 from tdam.train.distributed import DistInfo
-from tdam.train.state import ResumableSampler, ShardSampler
+from tdam.train.state import ResumableSampler, ShardSampler, sample_rng
 
-__all__ = ["data_root", "build_datasets", "build_loaders", "bad_image_count"]
+__all__ = ["data_root", "build_datasets", "build_loaders", "bad_image_count", "SeededSamples"]
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """``dataset`` read with ``(epoch, index)`` keys (a :class:`ResumableSampler` with ``with_epoch=True``): sample
+    ``index`` is loaded and transformed under :func:`tdam.train.state.sample_rng` ``(seed, epoch, index)``, so its
+    random augmentation is the same in every process, for any number of workers, before and after a resume."""
+
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        with sample_rng(self.seed, epoch, index):
+            return self.dataset[index]
+
 
 def data_root(cfg: TrainConfig) -> Path:
     """The dataset root: ``cfg.data_dir``, or the embedded dataset's folder for ``cfg.dataset``."""
@@ -48,14 +69,16 @@ def build_loaders(cfg: TrainConfig, train_set: Any, val_set: Any, dist: DistInfo
     rank's shard, in order), as ``tdam.data`` CountingDataLoaders (unreadable images skipped under
     ``skip_bad_images`` are dropped from the batch and counted per epoch). The loaders draw worker seeds from their
     own generators, never from the global RNG, so creating a loader mid-epoch on resume does not shift the
-    training RNG streams."""
+    training RNG streams; each training sample's augmentation is seeded by (seed, epoch, index)
+    (:class:`SeededSamples`)."""
     from tdam.data.loader import CountingDataLoader, collate_drop_bad, seed_worker
 
-    sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, seed=cfg.seed)
+    sampler = ResumableSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, seed=cfg.seed,
+                               with_epoch=True)
     common = dict(num_workers=cfg.workers, pin_memory=dist.device.type == "cuda",
                   persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
                   collate_fn=partial(collate_drop_bad, collate=default_collate))
-    train_loader = CountingDataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+    train_loader = CountingDataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                                       generator=torch.Generator().manual_seed(cfg.seed + dist.rank),
                                       **common)
     val_loader = CountingDataLoader(val_set, batch_size=cfg.batch_size,

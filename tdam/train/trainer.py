@@ -37,7 +37,7 @@ from tdam.train.config import TrainConfig
 from tdam.train.data import bad_image_count, build_datasets, build_loaders
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
-from tdam.train.state import rng_state, seed_everything, set_rng_state, versions
+from tdam.train.state import deterministic_algorithms, rng_state, seed_everything, set_rng_state, versions
 
 __all__ = ["train", "build_model", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
 
@@ -362,7 +362,7 @@ class _Run:
 
     def run(self) -> RunResult:
         cfg = self.cfg
-        with self.stop.installed():
+        with self.stop.installed(), deterministic_algorithms(cfg.deterministic):
             self.setup()
             s = self.state
             self.log(f"run {self.run_dir} | {cfg.model_tag()} | {self.num_classes} classes | device "

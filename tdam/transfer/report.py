@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
-from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer
+from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer, transfer_key
 
 __all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_table", "PAPER_SETUP",
            "crop_drop_examples", "crop_drop_figure", "transfer_key", "dataset_summary", "chance_level",
@@ -25,20 +25,6 @@ PAPER_SETUP = {
             "ema": True},
 }
 _METRICS = {"wsdan": ("top1_raw", "top1_refined"), "asl": ("mAP", "CF1", "OF1")}
-
-
-def transfer_key(tcfg: TransferConfig) -> dict[str, Any]:
-    """Everything that changes what a transfer run learns (the trainer's semantic config + the transfer keys; the
-    backbone checkpoint by content digest)."""
-    from tdam.train.config import semantic_config
-
-    d = {k: v for k, v in tcfg.to_dict().items() if k not in ("train", "data_dir", "backbone_checkpoint")}
-    d.update({f"train.{k}": v for k, v in semantic_config(tcfg.train).items() if k != "data_size"})
-    if tcfg.backbone_checkpoint:
-        from tdam.notebook import file_digest
-
-        d["backbone_sha256"] = file_digest(tcfg.backbone_checkpoint)
-    return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
 @dataclass
@@ -70,7 +56,9 @@ class TransferResult:
 def ensure_transfer_run(tcfg: TransferConfig) -> TransferResult:
     """The finished run of ``tcfg``: reused when its folder holds a finished run of the same config, resumed when
     interrupted, else trained (``tdam.train.cache.ensure_run``: the same lock / reuse / resume mechanism as the
-    ImageNet runs). A folder holding a DIFFERENT config raises ValueError (never silently reused)."""
+    ImageNet runs). The folder name carries a hash of :func:`transfer_key` (backbone digest included), so a changed
+    input trains a new run beside the old one; only an explicit ``output_dir`` holding a DIFFERENT config raises
+    ValueError (never silently reused)."""
     import dataclasses
 
     from tdam.checkpoint import read_checkpoint
@@ -79,7 +67,8 @@ def ensure_transfer_run(tcfg: TransferConfig) -> TransferResult:
     def train_fn(cfg):
         return run_transfer(dataclasses.replace(tcfg, train=cfg))
 
-    ensure_run(tcfg.train, key=transfer_key(tcfg), train_fn=train_fn)
+    inputs = {"backbone_checkpoint": tcfg.backbone_checkpoint} if tcfg.backbone_checkpoint else None
+    ensure_run(tcfg.train, key=transfer_key(tcfg), train_fn=train_fn, inputs=inputs)
     run_dir = tcfg.train.run_dir()
     ck = read_checkpoint(run_dir / "last.pth")
     return TransferResult(tcfg, run_dir, list(ck["metrics"]["history"]), ck["metrics"]["best"])
