@@ -40,9 +40,10 @@ REF = dict(mixup=0.5, cutmix=0.5, model_ema=True, model_ema_decay=0.9)
 
 
 @pytest.fixture(scope="module")
-def reference_run(shapes_tiny):
-    """Uninterrupted 2 x 3 updates with Mixup/CutMix, label smoothing, EMA and warm-up + cosine all on."""
-    res = train(tiny_cfg("full", **REF))
+def reference_run(shapes_tiny, tmp_path_factory):
+    """Uninterrupted 2 x 3 updates with Mixup/CutMix, label smoothing, EMA and warm-up + cosine all on. (A module
+    fixture is set up before conftest's per-test TDAM_RUNS redirect, so it names its own folder.)"""
+    res = train(tiny_cfg("full", output_dir=str(tmp_path_factory.mktemp("reference") / "full"), **REF))
     assert not res.interrupted and len(res.history) == 2
     return res
 
