@@ -54,6 +54,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.drill
 def test_two_gloo_processes_equal_one_process(tmp_path):
     runs = str(tmp_path)
     mp.start_processes(_worker, args=(2, _free_port(), runs), nprocs=2, join=True, start_method="spawn")
@@ -70,7 +71,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         assert hb[key] == pytest.approx(ha[key], rel=1e-4, abs=1e-4), key
 
 
-@pytest.mark.slow
+@pytest.mark.drill
 def test_cli_under_torchrun_on_cpu(tmp_path, shapes_tiny):
     """`torchrun --nproc_per_node 2 -m tdam.train ...` (gloo on CPU): one run folder, world size 2, rank-0 files."""
     import subprocess

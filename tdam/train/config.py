@@ -33,7 +33,7 @@ from tdam.validation import DEVICE_CHOICES, check_bool, check_choice, check_int,
 
 __all__ = ["TrainConfig", "load_config", "load_yaml_with_base", "merge_config", "RUNS_SUBDIR", "semantic_config"]
 
-DATASETS = ("imagenet", "cub200", "stanford_dogs", "coco2014")
+DATASETS = ("imagenet", "imagenet_wds", "imagenet_parquet", "cub200", "stanford_dogs", "coco2014")
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 REMODES = ("pixel", "const", "rand")
