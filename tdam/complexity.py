@@ -1,10 +1,19 @@
 """Model size and cost: parameter counts and FLOPs in the paper's convention and in a full count.
 
-The paper's "FLOPs" column is ptflops' multiply-accumulate count with its ``pytorch`` backend (module hooks: convs,
-norms, activations, pooling, linear layers; element-wise products such as the TD gates are not counted). ``flops_full``
-counts every ATen operation instead: matrix products and convolutions as 2 x MACs (torch's FlopCounterMode), plus
-one FLOP per output element of every point-wise op (gates, sigmoids, adds, activations) and one per input element of
-every reduction, pooling and normalisation -- so the TD gates and the searchlight pooling are included.
+The paper's "FLOPs" column is a multiply-accumulate count by ptflops' ``pytorch`` backend at 3 x 224 x 224, counting
+**modules only**: ptflops attaches a forward hook to every ``nn.Module`` it knows (convolutions, linear layers, batch
+norms, activations, pooling, upsampling) and sums what each hook reports; anything computed with ``torch``/``F``
+calls outside those modules (the TD gates and their small MLPs, global pooling written as ``x.mean``, element-wise
+products and sums) counts zero. ptflops 0.7 added a second pass that also patches the functional API
+(``count_functional``, on by default); with it, ``nn.ReLU`` is counted twice (once by its module hook and once by the
+``F.relu`` it calls), which puts every ResNet row about 0.003 G above the paper. :func:`flops` therefore turns it off
+(``backend_specific_config={'count_functional': False}``), the behaviour of the module-hook-only ptflops the paper's
+numbers come from.
+
+``flops_full`` counts every ATen operation instead: matrix products and convolutions as 2 x MACs (torch's
+FlopCounterMode), plus one FLOP per output element of every point-wise op (gates, sigmoids, adds, activations) and one
+per input element of every reduction, pooling and normalisation -- so the TD gates and the searchlight pooling are
+included.
 """
 from __future__ import annotations
 
@@ -30,7 +39,8 @@ def _input(model: nn.Module, img_size: int, batch_size: int = 1) -> torch.Tensor
 
 
 def flops(model: nn.Module, img_size: int = 224) -> int:
-    """MACs of one image in the paper's convention (ptflops, pytorch backend, 3 x img_size x img_size)."""
+    """MACs of one 3 x ``img_size`` x ``img_size`` image in the paper's convention (see the module docstring:
+    ptflops' pytorch backend, module hooks only, ``count_functional`` off). Divide by 1e9 for the "GFLOPs" column."""
     from ptflops import get_model_complexity_info
 
     was_training = model.training
@@ -39,7 +49,8 @@ def flops(model: nn.Module, img_size: int = 224) -> int:
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         macs, _ = get_model_complexity_info(model, (3, img_size, img_size), as_strings=False,
-                                            print_per_layer_stat=False, verbose=False, backend="pytorch")
+                                            print_per_layer_stat=False, verbose=False, backend="pytorch",
+                                            backend_specific_config={"count_functional": False})
     model.train(was_training)
     if macs is None:
         raise RuntimeError("ptflops failed to count this model (it printed its error to stdout)")
