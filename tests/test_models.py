@@ -59,7 +59,10 @@ def _table_rows():
 def test_paper_sizes(arch, kwargs, params_m, gflops):
     model = tdam.create_model(arch, **kwargs)
     assert abs(count_params(model) / 1e6 - params_m) <= 0.015
-    assert abs(flops(model, 224) / 1e9 - gflops) <= 0.03
+    if kwargs.get("attention") == "se":   # the paper counts SE's global pooling (+0.0055 G on R50), tdam's x.mean not
+        assert abs(flops(model, 224) / 1e9 - gflops) <= 0.01
+    else:                                 # plain and TD rows: the printed value exactly
+        assert f"{flops(model, 224) / 1e9:.2f}" == f"{gflops:.2f}"
 
 
 # ------------------------------------------------------------------------------------------------ the step protocol

@@ -1,8 +1,8 @@
 """Measured cost of models, for the paper's Table 1 cost columns and their scaling: params, FLOPs, peak memory,
 images/s.
 
-- Params and FLOPs come from :mod:`tdam.complexity` (FLOPs = ptflops MACs with the pytorch backend at 224², the
-  paper's convention, and beside it a count with every element-wise op).
+- Params and FLOPs come from :mod:`tdam.complexity` (FLOPs = ptflops MACs with the pytorch backend at 224², modules
+  only: the paper's convention, and beside it a count with every element-wise op).
 - Throughput: images/s of inference (eval mode, ``torch.inference_mode``) or of one training step (forward, cross
   entropy, backward, SGD step) on synthetic inputs, at a stated batch, precision and memory format; the MEDIAN over
   ``repeats`` timed runs after ``warmup`` untimed ones; on whatever device is present, which is recorded.
@@ -147,9 +147,8 @@ def size_table(
     (``gflops_full``: 2 per multiply-add, every op torch's counter knows), one row per spec, at ``img_size``.
 
     Each model is built on the ``meta`` device (no initialisation cost): parameters and torch's FLOP count are exact
-    there (shapes only). ptflops needs real tensors (on ``meta`` its functional-op patching counts e.g. ConvNeXt's
-    linear layers twice), so the model is then materialised on the CPU with zero weights (``to_empty`` + zeros, which
-    also avoids denormal slow paths) for the ptflops pass. ``create(**spec['create'], num_classes=...)`` builds a
+    there (shapes only). The ptflops pass (:func:`tdam.complexity.flops`) runs a real forward pass, so the model is
+    then materialised on the CPU with zero weights (``to_empty`` + zeros, which also avoids denormal slow paths). ``create(**spec['create'], num_classes=...)`` builds a
     model (:func:`tdam.create_model`).
     """
     from tdam import complexity

@@ -44,7 +44,7 @@ DEFAULT_MODEL = {"arch": "resnet18"}   # the model a config gets when no file na
 # Fields that do not change what is learned: ignored when deciding whether a cached run matches a request.
 NON_SEMANTIC = frozenset({
     "name", "output_dir", "resume", "workers", "progress", "log_interval", "device", "compile",
-    "checkpoint_every_steps", "profile", "deterministic",
+    "checkpoint_every_steps", "profile", "deterministic", "tensorboard", "wandb",
 })
 
 
@@ -105,7 +105,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None     # cap optimizer updates per epoch (smoke runs)
     val_batches: int | None = None         # cap validation batches (smoke runs)
     checkpoint_every_steps: int | None = None   # also save last.pth every N updates (resumable after a crash/kill)
-    log_interval: int = 50                 # updates between train.log lines
+    log_interval: int = 50                 # updates between train.log lines (and TensorBoard loss/lr points)
+    tensorboard: bool = True               # live curves in <run dir>/tb/ (tensorboard --logdir runs/)
+    wandb: bool = False                    # also Weights & Biases, offline unless WANDB_MODE says otherwise (extra)
     progress: bool | None = None           # None: a tqdm bar only when interactive (never under nbval/papermill/CI)
 
     def __post_init__(self) -> None:
@@ -159,7 +161,7 @@ class TrainConfig:
             raise ValueError(f"resume={self.resume!r}: expected true/false or a checkpoint path")
         for name in ("channels_last", "progress"):
             check_bool(name, getattr(self, name), optional=True)
-        for name in ("compile", "model_ema", "skip_bad_images", "deterministic"):
+        for name in ("compile", "model_ema", "skip_bad_images", "deterministic", "tensorboard", "wandb"):
             check_bool(name, getattr(self, name))
         return self
 

@@ -5,7 +5,7 @@
 ``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best) atomically. The run folder also holds
 ``config.yaml`` (the resolved config), ``env.json`` (versions, device, precision, derived lr/batch), ``train.log``,
 ``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
-finished.
+finished, and ``tb/`` (live TensorBoard curves, :mod:`tdam.train.tensorboard`).
 
 Signals: SIGTERM / SIGINT set a flag; at the next optimizer update every rank stops, rank 0 writes a resumable
 mid-epoch ``last.pth`` and :func:`train` returns with ``interrupted=True`` (a second Ctrl-C raises at once).
@@ -38,6 +38,7 @@ from tdam.train.data import bad_image_count, build_datasets, build_loaders
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
 from tdam.train.state import deterministic_algorithms, rng_state, seed_everything, set_rng_state, versions
+from tdam.train.tensorboard import RunLogger, accuracy_per_step
 
 __all__ = ["train", "build_model", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
 
@@ -251,6 +252,8 @@ class _Run:
                     "num_classes": self.num_classes, "train_images": len(train_set), "val_images": len(val_set),
                     "peak_mem": "torch.cuda.max_memory_allocated" if d.device.type == "cuda" else "process max RSS",
                     "model_config": self.model_config}
+        self.board = RunLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, is_main=d.is_main,
+                               purge_step=self.state.step if self.resumed_from else None, config=cfg.to_dict())
         if d.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             (self.run_dir / "env.json").write_text(json.dumps(self.env, indent=2, default=str))
@@ -358,6 +361,7 @@ class _Run:
         if state.step % self.cfg.log_interval == 0:
             self.log(f"  epoch {state.epoch + 1} update {state.epoch_step}/{self.updates_per_epoch} "
                      f"loss {state.last_finite_loss:.4f} lr {state.lr:.4g}", echo=False)
+            self.board.update(state.step, state.last_finite_loss, state.lr)
         return False
 
     def run(self) -> RunResult:
@@ -431,7 +435,10 @@ class _Run:
         if s.ema is not None:
             ema_val = self.task.evaluate(s.ema.module, self.val_loader, self.ctx)
             row.update({f"ema_val_{k}": v for k, v in ema_val.items() if k != "samples"})
+        per_step = (accuracy_per_step(self.model, self.val_loader, self.ctx)    # TD models: accuracy at k = 1..t
+                    if self.board.enabled and isinstance(self.task, ClassificationTask) else {})
         self.history.append(row)
+        self.board.epoch(row, per_step)
         key = f"val_{self.task.primary_metric}"
         is_best = row.get(key) is not None and (self.best is None or row[key] > self.best[key])
         if is_best:
@@ -466,6 +473,7 @@ class _Run:
                     desc=f"epoch {s.epoch + 1}/{self.cfg.epochs}")
 
     def result(self, *, interrupted: bool) -> RunResult:
+        self.board.close()
         return RunResult(run_dir=self.run_dir, history=list(self.history), best=self.best,
                          num_classes=self.num_classes, interrupted=interrupted,
                          primary_metric=self.task.primary_metric, env=self.env)
