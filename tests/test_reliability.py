@@ -105,6 +105,20 @@ def test_non_finite_numbers_refused_up_front(tmp_path, capsys, flag, value):
     assert not (tmp_path / "run").exists()
 
 
+def test_every_float_field_refuses_nan_and_inf():
+    from dataclasses import fields
+
+    from tdam.train import TrainConfig
+
+    names = [f.name for f in fields(TrainConfig) if "float" in str(f.type)]
+    assert {"lr", "warmup_lr", "min_lr", "crop_pct", "scale"} <= set(names)
+    for name in names:
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            value = [0.5, bad] if name == "scale" else bad
+            with pytest.raises(ValueError, match=f"^{name}="):
+                TrainConfig(**{name: value})
+
+
 def test_option_that_does_not_apply_to_the_model_is_refused(tmp_path, capsys):
     rc, err = _cli(capsys, "--model.attention", "se", "--model.t", "5", "--output_dir", str(tmp_path / "run"))
     assert rc == EXIT_CONFIG and "TD options ['t'] given, but attention='se'" in _one_error_line(err)

@@ -3,7 +3,13 @@
 A run is described by a YAML file under ``params/`` (``base:`` inheritance keeps the Table 1 files short), an optional
 profile overlay (``params/profiles/<name>.yaml``, e.g. ``smoke`` for the embedded dataset) and ``--key value``
 overrides. :func:`load_config` merges the three in that order and returns a validated :class:`TrainConfig`; every
-wrong value raises ``ValueError`` naming the valid choices, before a model or a dataset is touched.
+wrong value raises ``ValueError`` naming the valid choices, before a model or a dataset is touched. Files and
+command-line values are read by one YAML loader (:func:`load_yaml`): a syntax error or a key given twice raises
+:class:`~tdam.train.errors.ConfigError` with the file (or flag), line and column; ``base:`` must be a path or a list
+of paths. Every float field must be a finite number.
+
+A run folder is named by the config's identity (:func:`identity_config`): everything that changes what is learned
+except the :data:`SCHEDULE_FIELDS` (epochs, lr, warm-up, ...), which a resume may change (:func:`config_changes`).
 
 The model is one mapping, ``model:``, holding exactly the keyword arguments of :func:`tdam.create_model` (``arch``,
 ``attention``, ``t``, ``m``, ``td_mode``, ``td_stages``, ``drop_path_rate``, ...). The trainer passes it unchanged
