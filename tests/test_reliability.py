@@ -356,6 +356,15 @@ def test_resume_with_new_schedule_is_reported_and_recorded(trained_run, tmp_path
     assert read_checkpoint(run / "last.pth")["config"]["lr"] == 0.05
 
 
+def test_fresh_start_over_an_existing_run_is_refused(trained_run, tmp_path, capsys):
+    run = _copy(trained_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    rc, err = _cli(capsys, "--output_dir", str(run))
+    line = _one_error_line(err)
+    assert rc == EXIT_CONFIG and f"{run} already holds a run" in line and "--resume true" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_run_name_does_not_depend_on_the_schedule():
     a = load_config(None, profile="smoke")
     assert a.run_name() == load_config(None, profile="smoke", epochs=50, lr=0.3, warmup_epochs=1).run_name()
@@ -376,3 +385,18 @@ def test_sigterm_exit_code_is_interrupted(tmp_path, shapes_tiny):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED and "pre-empted: resume with --resume true" in out
     assert not (run / LOCK_FILE).read_text()                 # the lock was released
+
+
+def test_cache_extends_a_shorter_run_in_the_same_folder(tmp_path, shapes_tiny, monkeypatch):
+    """ensure_checkpoint: the run folder does not depend on epochs; a finished 1-epoch run does not satisfy a
+    2-epoch request, which resumes and extends it (reported as a schedule change)."""
+    from tdam.paths import data_cache_dir
+    from tdam.train import ensure_checkpoint
+
+    monkeypatch.setenv("TDAM_DATA", str(data_cache_dir()))      # keep the generated datasets where they are
+    monkeypatch.setenv("TDAM_RUNS", str(tmp_path / "runs"))
+    kw = dict(data_size="tiny", img_size=32, batch_size=8, steps_per_epoch=2, val_batches=1, progress=False)
+    one = ensure_checkpoint("resnet18", "plain", "smoke", epochs=1, **kw)
+    two = ensure_checkpoint("resnet18", "plain", "smoke", epochs=2, **kw)
+    assert one.parent == two.parent and read_checkpoint(two.parent / "last.pth")["epoch"] == 2
+    assert "resume: schedule changed: epochs 1 -> 2" in (two.parent / "train.log").read_text()

@@ -12,7 +12,8 @@ first one's PID and host). Before anything is written, the data's class count is
 ``num_classes``, temporary files of an interrupted checkpoint write are removed and a resume checkpoint's config is
 compared with the new one: a change of the model or the data is refused (:class:`~tdam.train.errors.ResumeMismatchError`
 listing the differences), schedule changes (epochs, lr, warm-up, ...) are logged and appended to
-``config_history.jsonl``. A refused start removes the run folder it created. Write failures (no space, read-only)
+``config_history.jsonl``. A fresh start (``resume: false``) in a folder that holds a
+``last.pth`` is refused: nothing of a run is overwritten. A refused start removes the run folder it created. Write failures (no space, read-only)
 raise :class:`~tdam.train.errors.RunWriteError` naming the file.
 
 Signals: SIGTERM / SIGINT set a flag; at the next optimizer update every rank stops, rank 0 writes a resumable
@@ -44,7 +45,7 @@ import yaml
 import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, save_checkpoint
 from tdam.train.config import TrainConfig, config_changes, describe_changes
-from tdam.train.errors import ClassCountError, ResumeMismatchError, writing
+from tdam.train.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
 from tdam.train.runlock import RunLock
 from tdam.train.data import bad_image_count, build_datasets, build_loaders
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -311,6 +312,10 @@ class _Run:
         self.removed_temps = remove_stale_temps(self.run_dir) if remove_stale_temps is not None else None
         if self.cfg.resume:
             self.resume_ck = self.read_resume()
+        elif (self.run_dir / "last.pth").is_file():    # never overwrite a run's checkpoints by a fresh start
+            raise ConfigError(f"{self.run_dir} already holds a run ({self.run_dir / 'last.pth'}); continue it with "
+                              f"resume: true (--resume true), or remove the folder or set another `name`/`output_dir` "
+                              f"to start over")
 
     def report_run_dir(self) -> None:
         """Rank 0: log what :meth:`open_run_dir` found (a stale lock taken over, temporary files removed, schedule
