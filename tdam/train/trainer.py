@@ -10,11 +10,11 @@ finished.
 Run folder: one live run per folder (``.run.lock``, :mod:`tdam.train.runlock`; a second start is refused naming the
 first one's PID and host). Before anything is written, the data's class count is checked against the model's
 ``num_classes``, temporary files of an interrupted checkpoint write are removed and a resume checkpoint's config is
-compared with the new one: a change of the model or the data is refused (:class:`~tdam.train.errors.ResumeMismatchError`
-listing the differences), schedule changes (epochs, lr, warm-up, ...) are logged and appended to
-``config_history.jsonl``. A fresh start (``resume: false``) in a folder that holds a
-``last.pth`` is refused: nothing of a run is overwritten. A refused start removes the run folder it created. Write failures (no space, read-only)
-raise :class:`~tdam.train.errors.RunWriteError` naming the file.
+compared with the new one: a change of the model or the data is refused
+(:class:`~tdam.train.errors.ResumeMismatchError` listing the differences), schedule changes (epochs, lr, warm-up, ...)
+are logged and appended to ``config_history.jsonl``. A fresh start (``resume: false``) in a folder that holds a
+``last.pth`` is refused: nothing of a run is overwritten. A refused start removes the run folder it created. Write
+failures (no space, read-only) raise :class:`~tdam.train.errors.RunWriteError` naming the file.
 
 Signals: SIGTERM / SIGINT set a flag; at the next optimizer update every rank stops, rank 0 writes a resumable
 mid-epoch ``last.pth`` and :func:`train` returns with ``interrupted=True`` (a second Ctrl-C raises at once).
