@@ -11,6 +11,7 @@ from tdam.paths import params_dir
 from tdam.train import TrainConfig, load_config
 from tdam.train.cli import main, parse_overrides
 from tdam.train.config import config_hash
+from tdam.train.errors import EXIT_DATA
 
 PAPER_TABLE1 = Path(tdam.reference.__file__).parent / tdam.reference.TABLES[1]
 
@@ -207,7 +208,7 @@ def test_print_config(capsys):
 
 def test_missing_data_dir_fails_with_layout(tmp_path, capsys):
     rc = main(["--profile", "smoke", "--data_dir", str(tmp_path / "nope"), "--name", "x"])
-    assert rc == 2
+    assert rc == EXIT_DATA                                  # bad data has its own exit code (not 2, configuration)
     err = capsys.readouterr().err
     assert str(tmp_path / "nope") in err and "train" in err
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
 from .base import ImageDataset, boxes_tensor
-from .errors import layout_error
+from .errors import DatasetLayoutError, layout_error
 
 __all__ = ["COCO2014Dataset"]
 
@@ -51,28 +52,52 @@ class COCO2014Dataset(ImageDataset):
         self.classes = [str(c["name"]) for c in cats]
         self.cat_to_label = {cid: k for k, cid in enumerate(self.category_ids)}
         per_image: dict[int, list[tuple[int, list[float]]]] = {}
-        for a in anns:
-            cid = int(a["category_id"])
-            if cid not in self.cat_to_label:
-                raise layout_error(self.kind, ann_path, f"annotation {a.get('id')} has category_id {cid} not in "
-                                   "'categories' of", self.layout)
-            per_image.setdefault(int(a["image_id"]), []).append((self.cat_to_label[cid], [float(v) for v in a["bbox"]]))
+        for n, a in enumerate(anns):
+            with self._record(ann_path, "annotations", n, a, "'image_id', 'category_id', 'bbox' [x, y, w, h]"):
+                cid = int(a["category_id"])
+                if cid not in self.cat_to_label:
+                    raise layout_error(self.kind, ann_path, f"annotation {a.get('id')} has category_id {cid} not in "
+                                       "'categories' of", self.layout)
+                bbox = [float(v) for v in a["bbox"]]
+                if len(bbox) != 4:
+                    raise ValueError(f"'bbox' has {len(bbox)} numbers, expected 4")
+                per_image.setdefault(int(a["image_id"]), []).append((self.cat_to_label[cid], bbox))
         k = len(self.classes)
         self.image_ids: list[int] = []
         self._anns: list[list[tuple[int, list[float]]]] = []
         self._sizes: list[tuple[int, int]] = []
-        for im in images:
-            iid = int(im["id"])
-            objs = per_image.get(iid, [])
-            if not objs and not include_unlabeled:
-                continue
-            target = torch.zeros(k, dtype=torch.float32)
-            if objs:
-                target[torch.tensor(sorted({c for c, _ in objs}))] = 1.0
-            self.samples.append((str(img_dir / im["file_name"]), target))
+        for n, im in enumerate(images):
+            with self._record(ann_path, "images", n, im, "'id', 'file_name', 'width', 'height'"):
+                iid = int(im["id"])
+                objs = per_image.get(iid, [])
+                if not objs and not include_unlabeled:
+                    continue
+                target = torch.zeros(k, dtype=torch.float32)
+                if objs:
+                    target[torch.tensor(sorted({c for c, _ in objs}))] = 1.0
+                sample = (str(img_dir / im["file_name"]), target)
+                size = (int(im["width"]), int(im["height"]))
+            self.samples.append(sample)
             self.image_ids.append(iid)
             self._anns.append(objs)
-            self._sizes.append((int(im["width"]), int(im["height"])))
+            self._sizes.append(size)
+
+    @contextmanager
+    def _record(self, path, section: str, index: int, record, needs: str) -> Iterator[None]:
+        """A malformed entry of the instances JSON -> DatasetLayoutError naming the file, the section, the entry's
+        index and id, and the missing or wrong field."""
+        try:
+            yield
+        except DatasetLayoutError:
+            raise
+        except KeyError as e:
+            rid = record.get("id") if isinstance(record, dict) else None
+            raise layout_error(self.kind, path, f"{section}[{index}] (id {rid}) has no {e.args[0]!r} field (each "
+                               f"entry needs {needs}) in", self.layout) from None
+        except (ValueError, TypeError, AttributeError) as e:
+            rid = record.get("id") if isinstance(record, dict) else None
+            raise layout_error(self.kind, path, f"{section}[{index}] (id {rid}) is malformed ({type(e).__name__}: "
+                               f"{e}; each entry needs {needs}) in", self.layout) from None
 
     @property
     def has_boxes(self) -> bool:

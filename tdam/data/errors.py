@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = ["DatasetLayoutError", "BadImageError", "layout_error"]
@@ -21,8 +22,15 @@ class BadImageError(OSError):
     """An image file could not be decoded; ``.path`` is the file."""
 
     def __init__(self, path: str | Path, cause: BaseException | None = None) -> None:
-        self.path = str(path)
-        why = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        path = str(path)
+        # re-raised from a DataLoader worker: torch passes its whole report ("Caught BadImageError in DataLoader
+        # worker ... Original Traceback ...") as the one argument; keep the file name and reason of the original
+        found = re.findall(r"BadImageError: cannot read image file (.+?)(?:: (.*))?$", path, flags=re.M)
+        if "\n" in path and found:
+            path, why = found[-1][0], (f": {found[-1][1]}" if found[-1][1] else "")
+        else:
+            why = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        self.path = path
         super().__init__(f"cannot read image file {self.path}{why}")
 
     def __reduce__(self):  # picklable across DataLoader worker processes

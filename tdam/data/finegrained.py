@@ -49,6 +49,23 @@ def _read_table(path: Path, kind: str, ncols: int, layout: str) -> dict[int, lis
     return out
 
 
+def _read_numbers(path: Path, kind: str, n: int, layout: str) -> dict[int, list[float]]:
+    """``'<id> <n numbers>'`` lines -> {id: [numbers]}; a wrong line names the file and the line number."""
+    out: dict[int, list[float]] = {}
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != n + 1:
+                raise ValueError(f"{len(parts)} fields, expected {n + 1}")
+            out[int(parts[0])] = [float(x) for x in parts[1:]]
+        except ValueError as e:
+            raise layout_error(kind, path, f"line {k} ({line.strip()!r}) is not '<id> {n} numbers' ({e}), in",
+                               layout) from None
+    return out
+
+
 class CUB200Dataset(ImageDataset):
     """CUB-200-2011: labels = class_id - 1; ``classes`` = the ``classes.txt`` names in id order; one box per image
     from ``bounding_boxes.txt`` (x, y, w, h) -> (x, y, x + w, y + h). Greyscale images are converted to RGB."""
@@ -93,8 +110,7 @@ class CUB200Dataset(ImageDataset):
     def objects(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._bbox is None:
             path = self._require(self.root / "bounding_boxes.txt", "'bounding_boxes.txt'")
-            table = _read_table(path, self.kind, 5, self.layout)
-            self._bbox = {k: [float(x) for x in v] for k, v in table.items()}
+            self._bbox = _read_numbers(path, self.kind, 4, self.layout)
         x, y, w, h = self._bbox[self.image_ids[i]]
         return boxes_tensor([[x, y, x + w, y + h]]), torch.tensor([self.samples[i][1]], dtype=torch.long)
 

@@ -70,7 +70,11 @@ class ImageNetDataset(ImageDataset):
             d = split_dir / c
             self.samples += [(str(d / f), self.class_to_idx[c]) for f in list_images(d)]
         if not self.samples:
-            raise layout_error(self.kind, split_dir, "no images in the class folders of", self.layout)
+            flat = list_images(split_dir)
+            problem = (f"'{split}/' holds {len(flat)} images directly (e.g. {flat[0]}) but none in class folders "
+                       f"(a flat ILSVRC val folder must first be sorted into <wnid>/ folders)" if flat
+                       else "no images in the class folders of")
+            raise layout_error(self.kind, split_dir, problem, self.layout)
         self.boxes_dir = Path(boxes_dir) if boxes_dir is not None else self.root / "val_boxes"
         self._xml_cache: dict[int, tuple] = {}
         mapping = self.root / "LOC_synset_mapping.txt"

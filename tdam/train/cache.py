@@ -60,7 +60,8 @@ def find_checkpoint(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None) -
     if not last.is_file():
         return None
     ck = read_checkpoint(last)
-    _check_same(run_dir, semantic_config(cfg), semantic_config(ck.get("config", {})))
+    _check_same(run_dir, semantic_config(cfg, with_epochs=False),   # the length: extended by resuming (below)
+                semantic_config(ck.get("config", {}), with_epochs=False))
     if key is not None and (stored := run_dir / RUN_KEY_FILE).is_file():
         _check_same(run_dir, key, json.loads(stored.read_text()))
     if int(ck.get("epoch", 0)) < cfg.epochs:

@@ -16,8 +16,13 @@ key by key with dotted keys, or as a YAML mapping merged into the file's::
     python -m tdam.train --config resnet50_td_joint_t2_m1 --model '{arch: resnet18, m: 2}'
     python -m tdam.train --config resnet18_se --model.attention plain
 
-Exit codes: 0 done (or pre-empted after saving a resumable checkpoint), 1 non-finite loss, 2 invalid configuration
-or data layout.
+Errors end with one ``error:`` line naming the file, value or path, and an exit code (defined in
+:mod:`tdam.train.errors`):
+
+    0  the run finished                     4  the run folder cannot be written (no space, read-only, permission)
+    1  non-finite loss (last.pth is kept)    5  interrupted after saving a resumable last.pth: rerun --resume true
+    2  invalid configuration                6  another live run holds the run folder (its PID and host named)
+    3  bad data (layout, annotation, unreadable image; skip_bad_images: true skips those)
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import sys
 from typing import Any, Sequence
 
 import yaml
+
+from tdam.train.config import load_yaml
 
 __all__ = ["main", "parse_overrides"]
 
@@ -46,7 +53,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
                 value, i = tokens[i + 1], i + 1
             else:
                 value = "true"
-        parsed = yaml.safe_load(value)
+        parsed = load_yaml(value, f"--{key}")      # the params files' loader: syntax errors name the flag
         section, dot, sub = key.partition(".")
         if dot:                                   # --model.t 3: one key of a mapping-valued field
             if not sub or "." in sub:
@@ -69,30 +76,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args, rest = parser.parse_known_args(argv)
 
-    from tdam.data.errors import DatasetLayoutError
+    from tdam.data.errors import BadImageError
+    from tdam.train import errors
     from tdam.train.config import load_config
-    from tdam.train.engine import NonFiniteLossError
     from tdam.train.trainer import train
 
     try:
         cfg = load_config(args.config, profile=args.profile, **parse_overrides(rest))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.EXIT_CONFIG
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return 0
+        return errors.EXIT_OK
     try:
         result = train(cfg)
-    except (DatasetLayoutError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError, FloatingPointError, errors.RunLockedError, KeyboardInterrupt) as e:
+        try:
+            code = errors.exit_code(e)
+        except TypeError:
+            raise e from None                     # not one of the named failures: a traceback is a bug report
+        msg = errors.one_line(e)
+        if isinstance(e, BadImageError):
+            msg += " (set skip_bad_images: true, or --skip_bad_images true, to skip and count unreadable images)"
+        elif isinstance(e, KeyboardInterrupt):
+            msg = f"interrupted; {cfg.run_dir() / 'last.pth'} holds the last saved state (resume with --resume true)"
+        print(f"error: {msg}", file=sys.stderr)
+        return code
     if result.interrupted:
         print(f"pre-empted: resume with --resume true (checkpoint {result.last_checkpoint})")
-    return 0
+        return errors.EXIT_INTERRUPTED
+    return errors.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -3,7 +3,13 @@
 A run is described by a YAML file under ``params/`` (``base:`` inheritance keeps the Table 1 files short), an optional
 profile overlay (``params/profiles/<name>.yaml``, e.g. ``smoke`` for the embedded dataset) and ``--key value``
 overrides. :func:`load_config` merges the three in that order and returns a validated :class:`TrainConfig`; every
-wrong value raises ``ValueError`` naming the valid choices, before a model or a dataset is touched.
+wrong value raises ``ValueError`` naming the valid choices, before a model or a dataset is touched. Files and
+command-line values are read by one YAML loader (:func:`load_yaml`): a syntax error or a key given twice raises
+:class:`~tdam.train.errors.ConfigError` with the file (or flag), line and column; ``base:`` must be a path or a list
+of paths. Every float field must be a finite number.
+
+A run folder is named by the config's identity (:func:`identity_config`): everything that changes what is learned
+except the :data:`SCHEDULE_FIELDS` (epochs, lr, warm-up, ...), which a resume may change (:func:`config_changes`).
 
 The model is one mapping, ``model:``, holding exactly the keyword arguments of :func:`tdam.create_model` (``arch``,
 ``attention``, ``t``, ``m``, ``td_mode``, ``td_stages``, ``drop_path_rate``, ...). The trainer passes it unchanged
@@ -29,9 +35,11 @@ import yaml
 
 from tdam.models import MODEL_OPTIONS, TD_OPTION_DEFAULTS, canonical_model, check_model
 from tdam.paths import params_dir, runs_dir
+from tdam.train.errors import ConfigError
 from tdam.validation import DEVICE_CHOICES, check_bool, check_choice, check_int, check_number
 
-__all__ = ["TrainConfig", "load_config", "load_yaml_with_base", "merge_config", "RUNS_SUBDIR", "semantic_config"]
+__all__ = ["TrainConfig", "load_config", "load_yaml", "load_yaml_with_base", "merge_config", "RUNS_SUBDIR",
+           "semantic_config", "identity_config", "config_changes", "SCHEDULE_FIELDS", "NON_SEMANTIC"]
 
 DATASETS = ("imagenet", "imagenet_wds", "imagenet_parquet", "cub200", "stanford_dogs", "coco2014")
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -45,6 +53,13 @@ DEFAULT_MODEL = {"arch": "resnet18"}   # the model a config gets when no file na
 NON_SEMANTIC = frozenset({
     "name", "output_dir", "resume", "workers", "progress", "log_interval", "device", "compile",
     "checkpoint_every_steps", "profile", "deterministic", "tensorboard", "wandb",
+})
+# Fields of the schedule: they change what is learned, but a run may be resumed with new values (more epochs, another
+# lr). They are not part of the run folder's name, so ``--resume true --epochs 200`` finds the folder of the
+# 110-epoch run; a resume that changes them is reported in one line and recorded in ``config_history.jsonl``.
+SCHEDULE_FIELDS = frozenset({
+    "epochs", "lr", "lr_base", "lr_base_size", "sched", "warmup_epochs", "warmup_lr", "min_lr", "steps_per_epoch",
+    "val_batches",
 })
 
 
@@ -216,33 +231,132 @@ class TrainConfig:
         return cls(**dict(d))
 
 
-def semantic_config(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The config without the fields that do not change what is learned (paths, workers, logging, ...)."""
+def semantic_config(cfg: TrainConfig | Mapping[str, Any], *, with_epochs: bool = True) -> dict[str, Any]:
+    """The config without the fields that do not change what is learned (paths, workers, logging, ...).
+    ``with_epochs=False`` also leaves out the schedule length: a cached run of N epochs is the same run as a request
+    for M epochs, extended (M > N) by resuming it."""
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
-    return {k: v for k, v in sorted(d.items()) if k not in NON_SEMANTIC}
+    return {k: v for k, v in sorted(d.items()) if k not in NON_SEMANTIC and (with_epochs or k != "epochs")}
+
+
+def identity_config(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """What names a run folder: the semantic config without the :data:`SCHEDULE_FIELDS` (which a resume may
+    change)."""
+    return {k: v for k, v in semantic_config(cfg).items() if k not in SCHEDULE_FIELDS}
 
 
 def config_hash(cfg: TrainConfig | Mapping[str, Any]) -> str:
-    blob = json.dumps(semantic_config(cfg), sort_keys=True, default=str)
+    blob = json.dumps(identity_config(cfg), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
+def config_changes(stored: Mapping[str, Any], new: TrainConfig | Mapping[str, Any]
+                   ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
+    """``(refused, schedule)``: the fields that differ between a checkpoint's stored config and ``new``, as
+    ``{field: (stored, new)}`` (model keys as ``model.<key>``). ``schedule`` holds the :data:`SCHEDULE_FIELDS` (a
+    resume may change them); ``refused`` every other field that changes what is learned (the model, the data, the
+    optimizer, augmentation, seed). A field missing from an older stored config counts as its default."""
+    new_d = new.to_dict() if isinstance(new, TrainConfig) else dict(new)
+    defaults = TrainConfig.__dataclass_fields__
+
+    def default(k: str) -> Any:
+        f = defaults.get(k)
+        if f is None:
+            return None
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    def plain(v: Any) -> Any:
+        return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+    refused: dict[str, tuple[Any, Any]] = {}
+    schedule: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(new_d) | set(stored)):
+        if k in NON_SEMANTIC:
+            continue
+        old_v = plain(stored[k] if k in stored else default(k))
+        new_v = plain(new_d[k] if k in new_d else default(k))
+        if old_v == new_v:
+            continue
+        if k == "model" and isinstance(old_v, dict) and isinstance(new_v, dict):
+            for mk in sorted(set(old_v) | set(new_v)):
+                if old_v.get(mk) != new_v.get(mk):
+                    refused[f"model.{mk}"] = (old_v.get(mk), new_v.get(mk))
+        elif k in SCHEDULE_FIELDS:
+            schedule[k] = (old_v, new_v)
+        else:
+            refused[k] = (old_v, new_v)
+    return refused, schedule
+
+
+def describe_changes(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    """``{'lr': (0.1, 0.05)}`` -> ``"lr 0.1 -> 0.05"`` (comma-separated)."""
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
 # ---------------------------------------------------------------------- loading
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML itself keeps the last silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{key_node.start_mark.name}:{line}: duplicate key {key!r} (first given on line "
+                              f"{seen[key]}); give each key once")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text`` (a params file's content or one CLI value) with the one loader of tdam's configs: a syntax
+    error raises :class:`ConfigError` ``"<source>:<line>:<column>: <problem>"``, a duplicate key names both lines.
+    ``source`` is the file path or e.g. ``'--lr'`` for a command-line value."""
+    loader = _StrictLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = f"{e.problem}" + (f" ({e.context})" if e.context else "")
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: YAML error: {e}") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml_with_base(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a params YAML; a ``base:`` entry (a path relative to the file, or a list of them) is loaded first and
-    the file's own keys override it. ``model`` mappings are merged key by key."""
+    the file's own keys override it. ``model`` mappings are merged key by key. Errors name the file (and the line
+    and column of a syntax error or duplicate key)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path} (params live under {params_dir()})")
     if path in _seen:
-        raise ValueError(f"circular 'base:' chain: {' -> '.join(str(p) for p in (*_seen, path))}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        raise ConfigError(f"circular 'base:' chain: {' -> '.join(str(p) for p in (*_seen, path))}")
+    data = load_yaml(path.read_text(), str(path))
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config keys at the top level")
-    bases = data.pop("base", None) or []
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    bases = data.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: base={bases!r}: expected a file path or a list of file paths (relative to "
+                          f"{path.parent})")
     merged: dict[str, Any] = {}
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         merged = merge_config(merged, load_yaml_with_base(path.parent / base, (*_seen, path)))
     return merge_config(merged, data)
 

@@ -7,6 +7,15 @@
 ``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
 finished, and ``tb/`` (live TensorBoard curves, :mod:`tdam.train.tensorboard`).
 
+Run folder: one live run per folder (``.run.lock``, :mod:`tdam.train.runlock`; a second start is refused naming the
+first one's PID and host). Before anything is written, the data's class count is checked against the model's
+``num_classes``, temporary files of an interrupted checkpoint write are removed and a resume checkpoint's config is
+compared with the new one: a change of the model or the data is refused
+(:class:`~tdam.train.errors.ResumeMismatchError` listing the differences), schedule changes (epochs, lr, warm-up, ...)
+are logged and appended to ``config_history.jsonl``. A fresh start (``resume: false``) in a folder that holds a
+``last.pth`` is refused: nothing of a run is overwritten. A refused start removes the run folder it created. Write
+failures (no space, read-only) raise :class:`~tdam.train.errors.RunWriteError` naming the file.
+
 Signals: SIGTERM / SIGINT set a flag; at the next optimizer update every rank stops, rank 0 writes a resumable
 mid-epoch ``last.pth`` and :func:`train` returns with ``interrupted=True`` (a second Ctrl-C raises at once).
 A non-finite loss raises :class:`~tdam.train.engine.NonFiniteLossError` without writing anything, so ``last.pth``
@@ -18,6 +27,8 @@ import csv
 import json
 import os
 import resource
+import shutil
+import socket
 import signal
 import sys
 import threading
@@ -32,8 +43,10 @@ import torch.nn as nn
 import yaml
 
 import tdam
-from tdam.checkpoint import export_safetensors, read_checkpoint, save_checkpoint
-from tdam.train.config import TrainConfig
+from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
+from tdam.train.config import TrainConfig, config_changes, describe_changes
+from tdam.train.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
+from tdam.train.runlock import RunLock
 from tdam.train.data import bad_image_count, build_datasets, build_loaders
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
@@ -145,7 +158,7 @@ class _Log:
     def __call__(self, msg: str, *, echo: bool = True) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
         if echo:
             print(msg, flush=True)
@@ -184,16 +197,32 @@ class _Run:
         self.best: dict[str, Any] | None = None
         self.stop = _StopFlag()
         self.resumed_from: Path | None = None
+        self.lock: RunLock | None = None                # rank 0: the run folder's lock (tdam.train.runlock)
+        self.created_dir = False                        # rank 0 created the run folder in this call
+        self.resume_ck: tuple[Path, dict[str, Any]] | None = None
+        self.schedule_changes: dict[str, tuple[Any, Any]] = {}
+        self.removed_temps: Any = None
 
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
+        """Everything before the first update. A failure here removes the run folder if this call created it, so a
+        refused start leaves nothing behind."""
+        try:
+            self._setup()
+        except BaseException:
+            self.discard_new_run_dir()
+            raise
+
+    def _setup(self) -> None:
         cfg, d = self.cfg, self.dist
+        train_set, val_set = self.datasets if self.datasets is not None else build_datasets(cfg)
+        self.num_classes = self.check_class_count(train_set)
         if d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.open_run_dir()
         barrier()
         self.log = _Log(self.run_dir / "train.log" if d.is_main else None)
-        train_set, val_set = self.datasets if self.datasets is not None else build_datasets(cfg)
-        self.num_classes = cfg.model.get("num_classes") or len(train_set.classes)
+        if d.is_main:
+            self.report_run_dir()
 
         seed_everything(cfg.seed)                       # identical initial weights on every rank
         task_model = getattr(self.task, "build_model", None)      # task hook: e.g. WS-DAN on a trained backbone
@@ -255,8 +284,105 @@ class _Run:
         self.board = RunLogger(self.run_dir, tensorboard=cfg.tensorboard, wandb=cfg.wandb, is_main=d.is_main,
                                purge_step=self.state.step if self.resumed_from else None, config=cfg.to_dict())
         if d.is_main:
+            self.write_config()
+            with writing(self.run_dir / "env.json"):
+                (self.run_dir / "env.json").write_text(json.dumps(self.env, indent=2, default=str))
+
+    # --------------------------------------------------------------------------- run folder: lock, resume check
+    def check_class_count(self, train_set: Any) -> int:
+        """The model's class count: the mapping's ``num_classes`` if set, which must then equal the data's (checked
+        here, before the first update), else the data's."""
+        data_classes = len(train_set.classes) if hasattr(train_set, "classes") else None
+        given = self.cfg.model.get("num_classes")
+        if given is None:
+            return data_classes
+        if data_classes is not None and given != data_classes:
+            where = getattr(train_set, "root", None) or self.cfg.data_dir or "the embedded dataset"
+            raise ClassCountError(f"model.num_classes={given} but the {self.cfg.dataset} data at {where} has "
+                                  f"{data_classes} classes; remove model.num_classes (it defaults to the data's) "
+                                  f"or point data_dir at the intended dataset")
+        return given
+
+    def open_run_dir(self) -> None:
+        """Rank 0: create the run folder, take its lock (a second live run is refused), remove temporary files
+        that a killed run left behind, and read and compare the resume checkpoint - all before anything is
+        written."""
+        self.created_dir = not self.run_dir.is_dir()
+        self.lock = RunLock(self.run_dir).acquire()
+        self.removed_temps = remove_stale_temps(self.run_dir)
+        if self.cfg.resume:
+            self.resume_ck = self.read_resume()
+        elif (self.run_dir / "last.pth").is_file():    # never overwrite a run's checkpoints by a fresh start
+            raise ConfigError(f"{self.run_dir} already holds a run ({self.run_dir / 'last.pth'}); continue it with "
+                              f"resume: true (--resume true), or remove the folder or set another `name`/`output_dir` "
+                              f"to start over")
+
+    def report_run_dir(self) -> None:
+        """Rank 0: log what :meth:`open_run_dir` found (a stale lock taken over, temporary files removed, schedule
+        changes of a resume)."""
+        if self.lock is not None and (msg := self.lock.takeover_message()):
+            self.log(msg)
+        if self.removed_temps:
+            self.log(f"removed {len(self.removed_temps)} temporary file(s) left by an interrupted checkpoint write")
+        if self.schedule_changes:
+            self.log(f"resume: schedule changed: {describe_changes(self.schedule_changes)} "
+                     f"(recorded in config_history.jsonl)")
+
+    def read_resume(self) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to resume, its config compared with this run's: fields that change the model or the data
+        (or anything else learned, other than the schedule) are refused with the difference; schedule changes
+        (more epochs, another lr) are accepted and reported."""
+        cfg = self.cfg
+        path = self.run_dir / "last.pth" if cfg.resume in (True, "auto") else Path(str(cfg.resume))
+        if cfg.resume == "auto" and not path.is_file():
+            return None                                 # first start of a (re)queued job: train from scratch
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: no checkpoint at {path} (a run writes <run dir>/last.pth; pass "
+                                    f"resume: <path> to continue from another file)")
+        ck = read_checkpoint(path)
+        missing = [k for k in ("model", "optimizer", "epoch", "step", "rng", "config") if k not in ck]
+        if missing:
+            raise ValueError(f"resume: {path} is not a resumable tdam training checkpoint (missing {missing})")
+        refused, self.schedule_changes = config_changes(ck["config"], cfg)
+        if refused:
+            raise ResumeMismatchError(f"resume: {path} was trained with another config; these fields would change "
+                                      f"the model or the data: {describe_changes(refused)} (start a new run: "
+                                      f"another `name`/`output_dir`, or resume: false)")
+        return path, ck
+
+    def write_config(self) -> None:
+        """``config.yaml`` (the config in force) and one line per start/resume in ``config_history.jsonl`` (with the
+        schedule changes of a resume), so the stored config keeps its history."""
+        cfg = self.cfg
+        entry: dict[str, Any] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
+                                 "host": socket.gethostname()}
+        if self.resumed_from is not None:
+            entry.update(event="resume", checkpoint=str(self.resumed_from),
+                         changes={k: list(v) for k, v in self.schedule_changes.items()})
+        else:
+            entry.update(event="start", config=cfg.to_dict())
+        with writing(self.run_dir / "config.yaml"):
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            (self.run_dir / "env.json").write_text(json.dumps(self.env, indent=2, default=str))
+        with writing(self.run_dir / "config_history.jsonl"), open(self.run_dir / "config_history.jsonl", "a") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+
+    def discard_new_run_dir(self) -> None:
+        """After a refused start: release the lock, and remove the run folder if this call created it."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.created_dir and self.dist.is_main:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    @contextmanager
+    def holding_run_dir(self) -> Iterator[None]:
+        """The run folder's lock is released when the run ends, however it ends."""
+        try:
+            yield
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict[str, Any]:
@@ -287,17 +413,15 @@ class _Run:
 
     def restore(self) -> None:
         cfg, s = self.cfg, self.state
-        path = self.run_dir / "last.pth" if cfg.resume in (True, "auto") else Path(str(cfg.resume))
-        if cfg.resume == "auto" and not path.is_file():
-            return                                      # first start of a (re)queued job: train from scratch
-        if not path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {path} (a run writes <run dir>/last.pth; pass "
-                                    f"resume: <path> to continue from another file)")
-        ck = read_checkpoint(path)
-        missing = [k for k in ("model", "optimizer", "epoch", "step", "rng", "config") if k not in ck]
-        if missing:
-            raise ValueError(f"resume: {path} is not a resumable tdam training checkpoint (missing {missing})")
-        self.model.load_state_dict(ck["model"])
+        if self.resume_ck is None:
+            return                                      # resume 'auto' and no last.pth yet: train from scratch
+        path, ck = self.resume_ck
+        try:
+            self.model.load_state_dict(ck["model"])
+        except RuntimeError as e:                       # the configs agree but the weights do not (another version)
+            first = str(e).strip().splitlines()[0:2]
+            raise ResumeMismatchError(f"resume: the weights in {path} do not fit the model of this config: "
+                                      f"{' '.join(first)}") from None
         if s.ema is not None:
             if "model_ema" not in ck:
                 raise ValueError(f"resume: model_ema=True but {path} has no EMA weights")
@@ -330,12 +454,12 @@ class _Run:
         rows = self.history if rewrite else self.history[-1:]
         csv_path, jsonl_path = self.run_dir / "metrics.csv", self.run_dir / "metrics.jsonl"
         mode = "w" if rewrite or not csv_path.exists() else "a"
-        with open(csv_path, mode, newline="") as f:
+        with writing(csv_path), open(csv_path, mode, newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore")
             if mode == "w":
                 w.writeheader()
             w.writerows(rows)
-        with open(jsonl_path, mode) as f:
+        with writing(jsonl_path), open(jsonl_path, mode) as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
 
@@ -366,7 +490,7 @@ class _Run:
 
     def run(self) -> RunResult:
         cfg = self.cfg
-        with self.stop.installed(), deterministic_algorithms(cfg.deterministic):
+        with self.stop.installed(), deterministic_algorithms(cfg.deterministic), self.holding_run_dir():
             self.setup()
             s = self.state
             self.log(f"run {self.run_dir} | {cfg.model_tag()} | {self.num_classes} classes | device "
