@@ -159,14 +159,17 @@ def convert_blocks(placement: Mapping[Stage, list[_Slot]], opts: Mapping[str, An
     for parent, name, block in slots:
         new = td_block_class(block)(block, **{k: v for k, v in kwargs.items()
                                               if k != "keep_se" or td_block_class(block) is TDInvertedResidual})
-        built.append((parent, name, new.to(_device_of(block))))
+        built.append((parent, name, _like(new, block)))
     for parent, name, new in built:
         setattr(parent, name, new)
 
 
-def _device_of(block: nn.Module) -> torch.device:
+def _like(new: nn.Module, block: nn.Module) -> nn.Module:
+    """The new TD parts on the block's device and in its floating-point dtype."""
     p = next(block.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    if p is None:
+        return new
+    return new.to(device=p.device, dtype=p.dtype) if p.is_floating_point() else new.to(p.device)
 
 
 def _options(td_options: Mapping[str, Any]) -> dict[str, Any]:
