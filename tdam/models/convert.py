@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Union
 import torch
 import torch.nn as nn
 
-from tdam.validation import check_bool, check_choice, check_int
+from tdam.validation import check_bool, check_choice
 
 from .blocks import TDBlock, TDInvertedResidual, supported_block_names, td_block_class
 from .steps import StepsMixin, known_stages, steps_class_for
@@ -70,8 +70,12 @@ def default_td_stages(model: nn.Module, count: int = 2) -> tuple[int, ...]:
     return tuple(with_blocks[-count:])
 
 
-def _stage_names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_children()]
+def _stage_names(model: nn.Module, stages: list[nn.Module] | None) -> list[str]:
+    """Module names to suggest: the known stages' names, else the model's top-level children."""
+    if stages is None:
+        return [n for n, _ in model.named_children()]
+    name_of = {id(m): n for n, m in model.named_modules()}
+    return [name_of[id(s)] for s in stages if id(s) in name_of]
 
 
 def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, list[_Slot]]:
@@ -80,7 +84,8 @@ def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, li
     chosen = (td_stages,) if isinstance(td_stages, (int, str)) else tuple(td_stages)
     n = len(stages) if stages is not None else 0
     numbers = f"stage numbers in 1..{n} (1-based, as the paper names them: ResNet layer3 = 3) or " if n else ""
-    hint = f"use {numbers}module names such as {_stage_names(model)[-3:]} or dotted names ('layer4.2')"
+    hint = f"use {numbers}module names such as {_stage_names(model, stages)} (dotted names reach deeper)"
+    td_stages = chosen  # as written in messages
     if not chosen or len(set(chosen)) != len(chosen):
         raise ValueError(f"td_stages={td_stages!r} is not valid; {hint}")
     out: dict[Stage, list[_Slot]] = {}
@@ -133,8 +138,8 @@ def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, li
 
 
 def _check_options(opts: Mapping[str, Any]) -> None:
-    """The TD options' own checks (the choices come from :mod:`.td`); m is checked per block type."""
-    check_int("t", opts["t"], 1)
+    """The TD options' own checks (the choices come from :mod:`.td`); m is checked per block type, t by the TD
+    blocks themselves (built before any is put in)."""
     check_choice("td_mode", opts["td_mode"], TD_MODES)
     check_choice("td_order", opts["td_order"], TD_ORDERS)
     check_choice("td_feedback", opts["td_feedback"], TD_FEEDBACKS)
