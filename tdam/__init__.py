@@ -11,7 +11,7 @@ import warnings as _warnings
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .checkpoint import export_safetensors, load_checkpoint, load_model, read_checkpoint, save_checkpoint  # noqa: E402
-from .models import create_model, is_td_model  # noqa: E402  (registers the models in timm's registry)
+from .models import add_td, create_model, is_td_model  # noqa: E402  (registers the models in timm's registry)
 
-__all__ = ["__version__", "create_model", "is_td_model", "load_checkpoint", "save_checkpoint", "load_model",
+__all__ = ["__version__", "create_model", "add_td", "is_td_model", "load_checkpoint", "save_checkpoint", "load_model",
            "read_checkpoint", "export_safetensors"]

@@ -83,8 +83,9 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, A
 def load_model(path: str | os.PathLike | Mapping[str, Any], *, use_ema: bool = False, strict: bool = True,
                **overrides: Any) -> nn.Module:
     """Rebuild a model with ``tdam.create_model(**checkpoint['model_config'] | overrides)`` and load its weights
-    (``strict`` as in :func:`load_checkpoint`). Works for our checkpoints and our safetensors exports (``path`` may
-    also be an already-read checkpoint dict). The model is returned as ``create_model`` builds it (training mode):
+    (``strict`` as in :func:`load_checkpoint`). Works for our checkpoints (the trainer's, and
+    ``tdam.save_checkpoint(model, path)`` of a model that has a ``model_config``) and our safetensors exports (``path``
+    may also be an already-read checkpoint dict). The model is returned as ``create_model`` builds it (training mode):
     call ``.eval()`` for inference."""
     from tdam.models import create_model
 

@@ -178,20 +178,26 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Save a checkpoint dict with ``torch.save``, atomically (see :func:`_atomic_write`); returns the path.
+def save_checkpoint(obj: Mapping[str, Any] | nn.Module, path: str | os.PathLike) -> Path:
+    """Save a checkpoint dict, or a model, with ``torch.save``, atomically (see :func:`_atomic_write`); returns the
+    path.
 
-    ``obj`` may hold only what :func:`read_checkpoint` reads back (tensors, plain python values and containers,
+    A model is saved as ``{'model': state_dict, 'model_config': model.model_config, 'tdam_version': ...}``, which
+    ``tdam.load_model(path)`` rebuilds; it needs the ``model_config`` that ``tdam.create_model`` sets (and
+    ``tdam.add_td`` keeps when create_model can rebuild the converted model), otherwise ``ValueError`` says so.
+    A dict may hold only what :func:`read_checkpoint` reads back (tensors, plain python values and containers,
     ``argparse.Namespace``); anything else raises ``ValueError`` naming where it is, before the file is touched. The
     file also holds the digest of every tensor under the reserved key ``"tdam_digest"`` (:mod:`~tdam.checkpoint.
     digest`), which ``read_checkpoint`` verifies and removes. Raises :class:`CheckpointWriteError` when the file
     cannot be written (disk full, read-only folder)."""
+    if isinstance(obj, nn.Module):
+        obj = _model_checkpoint(obj)
     path = Path(path)
     if path.suffix == ".safetensors":
         raise ValueError(f"{str(path)!r}: save_checkpoint writes torch.save files; use export_safetensors for "
                          "weights-only .safetensors files")
     if not isinstance(obj, Mapping):
-        raise ValueError(f"save_checkpoint expects a dict, got {type(obj).__name__}")
+        raise ValueError(f"save_checkpoint expects a checkpoint dict or a model, got {type(obj).__name__}")
     if DIGEST_KEY in obj and not is_digest(obj[DIGEST_KEY]):
         raise ValueError(f"cannot save: the top-level key {DIGEST_KEY!r} is reserved for the content digest that "
                          "save_checkpoint records; rename that entry")
@@ -249,3 +255,20 @@ def export_safetensors(model_or_state_dict: nn.Module | Mapping[str, Any], path:
     data = st_save(tensors, metadata=meta)
     _atomic_write(path, lambda f: f.write(data))
     return path
+
+
+def _model_checkpoint(model: nn.Module) -> dict[str, Any]:
+    """A model's checkpoint dict for :func:`save_checkpoint`: its weights and the ``model_config`` that
+    ``tdam.load_model`` rebuilds it from (``tdam.create_model(**model_config)``)."""
+    from tdam import __version__
+
+    model = unwrap_model(model)
+    config = getattr(model, "model_config", None)
+    if not isinstance(config, Mapping):
+        raise ValueError(
+            f"save_checkpoint(model, path): this {type(model).__name__} has no model_config, which tdam.load_model "
+            "needs to rebuild it (tdam.create_model sets it; tdam.add_td keeps it only on a create_model model that "
+            "create_model can rebuild). Save the weights alone with save_checkpoint({'model': model.state_dict()}, "
+            "path), then build the model the same way in your code (e.g. torchvision's resnet50 + tdam.add_td) and "
+            "call tdam.load_checkpoint(model, path)")
+    return {"model": model.state_dict(), "model_config": dict(config), "tdam_version": __version__}

@@ -7,8 +7,9 @@ TD runs t-1 times and ``R`` runs t times. Step 0 uses the block's own norms, eve
 ``bn{i}_{k}`` (the authors' naming); convolutions are shared across steps. ``m = 0`` means no recurrence: the branch
 output ``Y`` is modulated t times, ``Y <- TD(Y, Y)``.
 
-Each TD block is built FROM a timm block and reuses its layers under the same names, so a plain timm/torchvision
-checkpoint initialises everything but the TD parts.
+Each TD block is built FROM a timm or torchvision block and reuses its layers under the same names, so a plain
+timm/torchvision checkpoint initialises everything but the TD parts. :data:`TD_BLOCK_TYPES` lists the supported
+blocks and their TD versions.
 """
 from __future__ import annotations
 
@@ -17,14 +18,18 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+from timm.models._efficientnet_blocks import InvertedResidual
 from timm.models.convnext import ConvNeXtBlock
 from timm.models.resnet import BasicBlock, Bottleneck
+from torchvision.models import resnet as tv_resnet
 
 from tdam.validation import check_choice
 
 from .td import TD_FEEDBACKS, ConvFeedback, TDAttention
 
-__all__ = ["TDBlock", "TDBottleneck", "TDBasicBlock", "TDConvNeXtBlock", "TDInvertedResidual", "td_block_from"]
+__all__ = ["TDBlock", "TDBottleneck", "TDBasicBlock", "TDConvNeXtBlock", "TDInvertedResidual",
+           "TDTorchvisionBottleneck", "TDTorchvisionBasicBlock", "TD_BLOCK_TYPES", "td_block_class", "td_block_from",
+           "supported_block_names"]
 
 
 class TDBlock(nn.Module):
@@ -133,7 +138,8 @@ def _is_bn(module: nn.Module) -> bool:
 
 
 class _ResNetTDBlock(TDBlock):
-    """Common constructor and forward of the ResNet TD blocks (attributes shared with timm's block)."""
+    """Common constructor and forward of the ResNet TD blocks (attributes shared with timm's or torchvision's block;
+    torchvision's have no ``drop_path``/``dilation``, and reuse one ``relu`` module for every activation)."""
 
     last_act: str = ""
 
@@ -142,8 +148,10 @@ class _ResNetTDBlock(TDBlock):
                  zero_init_step_norms: bool = False) -> None:
         super().__init__()
         rec = self.rec_layers(m)
-        for name in (*self.layers, self.last_act, "downsample", "drop_path", "stride", "dilation"):
+        for name in (*self.layers, self.last_act, "downsample", "stride"):
             setattr(self, name, getattr(block, name))
+        for name in ("drop_path", "dilation"):
+            setattr(self, name, getattr(block, name, None))
         self.se = None  # a TD block's channel attention is the TD module itself
         strided = any(isinstance(getattr(self, n), nn.Conv2d) and getattr(self, n).stride != (1, 1) for n in rec) \
             or ("aa" in rec and not isinstance(self.aa, nn.Identity))
@@ -183,6 +191,34 @@ class TDBasicBlock(_ResNetTDBlock):
     norms = ("bn1", "bn2")
     m_layers = {0: 0, 1: 2, 2: 7}
     last_act = "act2"
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv2.out_channels
+
+
+class TDTorchvisionBottleneck(_ResNetTDBlock):
+    """torchvision's ResNet Bottleneck with TD; m as in :class:`TDBottleneck` (m=1: R = conv3, bn3; m=2: R = conv2 ..
+    bn3; m=3: the whole branch). Its one ``relu`` module serves every activation, as in torchvision."""
+
+    layers = ("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3")
+    norms = ("bn1", "bn2", "bn3")
+    m_layers = {0: 0, 1: 2, 2: 5, 3: 8}
+    last_act = "relu"
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv3.out_channels
+
+
+class TDTorchvisionBasicBlock(_ResNetTDBlock):
+    """torchvision's ResNet BasicBlock with TD; m as in :class:`TDBasicBlock` (m=1: R = conv2, bn2; m=2: the whole
+    branch)."""
+
+    layers = ("conv1", "bn1", "relu", "conv2", "bn2")
+    norms = ("bn1", "bn2")
+    m_layers = {0: 0, 1: 2, 2: 5}
+    last_act = "relu"
 
     @property
     def out_channels(self) -> int:
@@ -271,17 +307,38 @@ class TDInvertedResidual(TDBlock):
         return x
 
 
-def td_block_from(block: nn.Module, **td_options) -> TDBlock:
-    """Build the TD version of a timm block (Bottleneck, BasicBlock, ConvNeXtBlock or InvertedResidual)."""
-    from timm.models._efficientnet_blocks import InvertedResidual
+# The supported blocks (exact library classes) and their TD versions; every TD option applies to every block, except
+# that each TD version allows its own feedback distances m (its ``m_layers``) and only InvertedResidual has keep_se.
+TD_BLOCK_TYPES: dict[type, type[TDBlock]] = {
+    Bottleneck: TDBottleneck,
+    BasicBlock: TDBasicBlock,
+    ConvNeXtBlock: TDConvNeXtBlock,
+    InvertedResidual: TDInvertedResidual,
+    tv_resnet.Bottleneck: TDTorchvisionBottleneck,
+    tv_resnet.BasicBlock: TDTorchvisionBasicBlock,
+}
 
-    if isinstance(block, Bottleneck):
-        return TDBottleneck(block, **td_options)
-    if isinstance(block, BasicBlock):
-        return TDBasicBlock(block, **td_options)
-    if isinstance(block, ConvNeXtBlock):
-        return TDConvNeXtBlock(block, **td_options)
-    if isinstance(block, InvertedResidual):
-        return TDInvertedResidual(block, **td_options)
-    raise ValueError(f"no TD version of {type(block).__name__}; TD blocks exist for Bottleneck, BasicBlock, "
-                     "ConvNeXtBlock and InvertedResidual")
+
+def supported_block_names() -> list[str]:
+    """The supported blocks by their full names (timm's and torchvision's Bottleneck differ), for error messages."""
+    return [f"{cls.__module__}.{cls.__qualname__}" for cls in TD_BLOCK_TYPES]
+
+
+def td_block_class(block: nn.Module) -> type[TDBlock] | None:
+    """The TD version of ``block``'s type (subclasses included), or None when there is none."""
+    for src, td_cls in TD_BLOCK_TYPES.items():
+        if isinstance(block, src):
+            return td_cls
+    return None
+
+
+def td_block_from(block: nn.Module, **td_options) -> TDBlock:
+    """Build the TD version of a supported block (see :data:`TD_BLOCK_TYPES`); it reuses the block's layers."""
+    td_cls = td_block_class(block)
+    if td_cls is None:
+        kind = type(block)
+        raise ValueError(f"no TD version of {kind.__module__}.{kind.__qualname__}; TD blocks exist for "
+                         f"{supported_block_names()}")
+    if td_cls is not TDInvertedResidual:
+        td_options.pop("keep_se", None)
+    return td_cls(block, **td_options)

@@ -1,5 +1,11 @@
 """``tdam.create_model``: the paper's TD and baseline models on timm's ResNet, ConvNeXt and MobileNetV3.
 
+Besides the paper's architectures (``ARCHS``), any timm ResNet-family, ConvNeXt or MobileNetV3 architecture whose
+blocks TD supports (resnet26, resnet152, wide_resnet50_2, resnext50_32x4d, convnext_small, ...) is accepted, plain
+or with TD (the baselines keep the paper's architectures). TD goes in through :func:`tdam.models.convert.add_td`'s
+code; its default placement is the paper's rule, the last two stages, except for the paper's own architectures,
+which keep the placement of ``TD_DEFAULTS``.
+
 A TD model is timm's baseline model whose chosen blocks are replaced by TD blocks that reuse the baseline block's
 layers (same parameter names, plus ``td.*`` and the per-step norms ``bn{i}_{k}``). The models are also registered in
 timm's registry (``timm.create_model('td_resnet50', t=2, m=1)``).
@@ -13,10 +19,14 @@ import timm
 import torch
 import torch.nn as nn
 from timm.models import generate_default_cfgs, register_model
+from timm.models.convnext import ConvNeXt
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.resnet import ResNet
 
 from tdam.validation import check_choice
 
-from .blocks import TDBlock, td_block_from
+from .blocks import TDBlock
+from .convert import _resolve, convert_blocks, default_td_stages
 from .steps import _blocks, steps_class_for
 
 __all__ = ["create_model", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names",
@@ -49,46 +59,44 @@ TD_OPTION_DEFAULTS: dict[str, Any] = dict(t=2, m=1, td_mode="joint", td_order="c
                                           td_feedback="attention", td_pool="avg")
 
 
-def _resolve_blocks(stages: list[nn.Module], arch: str, td_stages, td_blocks) -> dict[int, tuple[int, ...]]:
-    """Map stage number -> block indices that get TD, validated against the model."""
-    n = len(stages)
-    defaults = TD_DEFAULTS[arch]
-    td_stages = defaults["td_stages"] if td_stages is None else td_stages
-    td_stages = (td_stages,) if isinstance(td_stages, int) else tuple(td_stages)
+BASELINES = ("se", "cbam", "eca", "fca")
+_TIMM_FAMILIES = (ResNet, ConvNeXt, MobileNetV3)  # timm model classes whose other architectures create_model takes
+_ARCH_HINT = ("or any timm ResNet-family, ConvNeXt or MobileNetV3 architecture whose blocks TD supports (e.g. "
+              "resnet26, resnet152, wide_resnet50_2, resnext50_32x4d, convnext_small)")
+
+
+def _check_arch(arch: str, attention: str | None) -> None:
+    """The paper's architectures take their attentions (``_ATTENTIONS_FOR``); any other timm name is checked for its
+    family once built (:func:`_check_family`) and takes None or 'td'."""
+    if arch in ARCHS:
+        check_choice(f"attention (for {arch})", attention, _ATTENTIONS_FOR[arch])
+        return
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise ValueError(f"arch={arch!r} is not valid; valid choices are {list(ARCHS)} (the paper's), {_ARCH_HINT}")
+    if attention in BASELINES:
+        papers = [a for a in ARCHS if attention in _ATTENTIONS_FOR[a]]
+        raise ValueError(f"attention={attention!r} (a baseline) exists for the paper's architectures only, {papers}; "
+                         f"the baselines keep their own architecture lists. {arch} takes attention None or 'td'")
+    check_choice(f"attention (for {arch})", attention, (None, "td"))
+
+
+def _check_family(model: nn.Module, arch: str) -> None:
+    if not isinstance(model, _TIMM_FAMILIES):
+        raise ValueError(f"arch={arch!r} is a timm {type(model).__name__}, not a ResNet, ConvNeXt or MobileNetV3: "
+                         f"create_model takes {list(ARCHS)} {_ARCH_HINT}; for other models build them yourself and "
+                         "call tdam.add_td(model, td_stages=[module names])")
+
+
+def _add_td(model: nn.Module, arch: str, *, td_stages, td_blocks, **opts: Any) -> None:
+    """TD in the chosen blocks (add_td's code); the paper's architectures default to ``TD_DEFAULTS``, the others to
+    the last two stages with supported blocks."""
+    defaults = TD_DEFAULTS.get(arch, {})
+    if td_stages is None:
+        td_stages = defaults.get("td_stages") or default_td_stages(model)
+    chosen = (td_stages,) if isinstance(td_stages, (int, str)) else tuple(td_stages)
     if td_blocks is None:  # the default block subsets (ResNet-101 layer3) apply to whichever stages are chosen
-        td_blocks = {s: b for s, b in defaults.get("td_blocks", {}).items() if s in td_stages}
-    if not td_stages or any(not isinstance(s, int) or not 1 <= s <= n for s in td_stages):
-        raise ValueError(f"td_stages={td_stages!r} is not valid; use stage numbers in 1..{n} (1-based, as the "
-                         f"paper names them: ResNet layer3 = 3)")
-    td_blocks = {int(k): tuple(v) for k, v in (td_blocks or {}).items()}
-    extra = set(td_blocks) - set(td_stages)
-    if extra:
-        raise ValueError(f"td_blocks names stages {sorted(extra)} that are not in td_stages={td_stages}")
-    out = {}
-    for s in td_stages:
-        nb = len(_blocks(stages[s - 1]))
-        idx = td_blocks.get(s, tuple(range(nb)))
-        bad = [i for i in idx if not isinstance(i, int) or not 0 <= i < nb]
-        if bad:
-            raise ValueError(f"td_blocks[{s}] has indices {bad} out of range; stage {s} has blocks 0..{nb - 1}")
-        out[s] = tuple(sorted(set(idx)))
-    return out
-
-
-def _add_td(model: nn.Module, arch: str, *, t: int, m: int, td_mode: str, td_order: str, td_feedback: str,
-            td_pool: str, td_stages, td_blocks, td_zero_init_step_norms: bool, td_keep_se: bool) -> None:
-    stages = model.stage_list()
-    placement = _resolve_blocks(stages, arch, td_stages, td_blocks)
-    opts = dict(t=t, m=m, mode=td_mode, order=td_order, pool=td_pool, feedback=td_feedback,
-                zero_init_step_norms=td_zero_init_step_norms)
-    if arch.startswith("mobilenetv3"):
-        opts["keep_se"] = td_keep_se
-    elif td_keep_se:
-        raise ValueError("td_keep_se applies to mobilenetv3_large_100 only")
-    for s, idx in placement.items():
-        blocks = _blocks(stages[s - 1])
-        for i in idx:
-            blocks[i] = td_block_from(blocks[i], **opts)
+        td_blocks = {s: b for s, b in defaults.get("td_blocks", {}).items() if s in chosen}
+    convert_blocks(_resolve(model, td_stages, td_blocks), opts)
 
 
 def _strip_attention(model: nn.Module, attn_stages: Iterable[int]) -> None:
@@ -127,16 +135,19 @@ def create_model(
     """Build one of the paper's models.
 
     Args:
-        arch: ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``convnext_tiny`` or ``mobilenetv3_large_100``.
+        arch: the paper's ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``convnext_tiny`` or
+            ``mobilenetv3_large_100``, or any timm ResNet-family, ConvNeXt or MobileNetV3 architecture whose blocks TD
+            supports (``resnet26``, ``resnet152``, ``wide_resnet50_2``, ``resnext50_32x4d``, ``convnext_small``, ...).
         attention: ``None`` (plain), ``'td'``, or a baseline: ``'se'``, ``'cbam'``, ``'eca'``, ``'fca'`` (the official
-            modules in every ResNet block; FCA also on ConvNeXt-T).
+            modules in every ResNet block; FCA also on ConvNeXt-T; the paper's architectures only).
         num_classes: classifier size.
         t: computation steps (>= 1, default 2). m: feedback distance (default 1): 0-3 for Bottleneck, 0-2 for
             BasicBlock, 1-2 for ConvNeXt, 1 for MobileNetV3.
         td_mode: ``'top'``, ``'joint'`` (default) or ``'additive'``. td_order: ``'channel_spatial'`` (default),
             ``'spatial_channel'``, ``'channel'``, ``'spatial'``, ``'parallel'``. td_feedback: ``'attention'`` (default),
             ``'identity'``, ``'conv'``. td_pool: ``'avg'`` (default), ``'max'``, ``'avg+max'``.
-        td_stages: 1-based stages with TD (default: the paper's, see ``TD_DEFAULTS``). td_blocks: stage -> 0-based
+        td_stages: 1-based stages (or module names) with TD (default: the paper's, see ``TD_DEFAULTS``; for other
+            architectures the paper's rule, the last two stages with supported blocks). td_blocks: stage -> 0-based
             block indices (default: all blocks, except ResNet-101's layer3, which uses the authors' subset whenever
             layer3 has TD; pass ``td_blocks={3: range(23)}`` for all of it).
         td_zero_init_step_norms: zero-init the per-step norms' weights (default False: the authors' code keeps them at
@@ -151,8 +162,7 @@ def create_model(
     Raises:
         ValueError: for any invalid choice, naming the valid ones.
     """
-    check_choice("arch", arch, ARCHS)
-    check_choice(f"attention (for {arch})", attention, _ATTENTIONS_FOR[arch])
+    _check_arch(arch, attention)
     if pretrained:
         raise ValueError("pretrained=True is not supported: tdam never downloads weights; build the model and load a "
                          "checkpoint file with tdam.load_checkpoint(model, path)")
@@ -181,6 +191,7 @@ def create_model(
         model = timm.create_model(arch, pretrained=False, **base_kwargs)
     except TypeError as e:  # an option neither create_model nor timm's model knows, or one of the wrong type
         raise ValueError(f"{arch}: {e}; valid model options are {model_option_names(arch)}") from None
+    _check_family(model, arch)
     model.__class__ = steps_class_for(model)  # timm's class + step-wise evaluation methods (adds no state)
 
     if attention == "fca" and arch == "convnext_tiny":
@@ -199,9 +210,10 @@ def create_model(
         if value is not None:
             config[key] = value
     if "td_stages" in config:
-        config["td_stages"] = list(config["td_stages"]) if not isinstance(td_stages, int) else [td_stages]
+        config["td_stages"] = list(td_stages) if not isinstance(td_stages, (int, str)) else [td_stages]
     if "td_blocks" in config:
-        config["td_blocks"] = {int(k): list(v) for k, v in config["td_blocks"].items()}
+        config["td_blocks"] = {int(k) if isinstance(k, int) or str(k).isdigit() else k: list(v)
+                               for k, v in config["td_blocks"].items()}
     model.model_config = config
     return model
 

@@ -3,7 +3,9 @@
 "To operate the TD model at different computational steps, the time steps of all blocks in the LAST TD stage are set
 to 1 ... t" -- earlier stages keep their trained t. ``forward_steps`` returns the logits for every step count while
 computing the stem and the earlier stages once. Every model built by ``tdam.create_model`` (plain ones too, with a
-single step) is one of the classes below: timm's model class plus these methods.
+single step) is one of the classes below: timm's model class plus these methods. ``tdam.add_td`` gives a torchvision
+ResNet :class:`TDTorchvisionResNet`, and any other model a class whose stages are the modules named in ``td_stages``
+(:class:`NamedStagesMixin`: ``forward_steps`` there runs the whole model once per step count).
 """
 from __future__ import annotations
 
@@ -15,15 +17,22 @@ import torch.nn as nn
 from timm.models.convnext import ConvNeXt
 from timm.models.mobilenetv3 import MobileNetV3
 from timm.models.resnet import ResNet
+from torchvision.models import resnet as tv_resnet
 
 from .blocks import TDBlock
 
-__all__ = ["StepsMixin", "TDResNet", "TDConvNeXt", "TDMobileNetV3", "steps_class_for"]
+__all__ = ["StepsMixin", "NamedStagesMixin", "TDResNet", "TDConvNeXt", "TDMobileNetV3", "TDTorchvisionResNet",
+           "steps_class_for", "known_stages"]
 
 
 def _blocks(stage: nn.Module) -> nn.Module:
     """The blocks of a stage (ConvNeXt stages hold theirs in ``.blocks`` after the downsampling layer)."""
     return getattr(stage, "blocks", stage)
+
+
+def _td_blocks_in(stage: nn.Module) -> list[TDBlock]:
+    """The TD blocks inside a stage, in order (also a single named block or a module that holds blocks deeper)."""
+    return [b for b in stage.modules() if isinstance(b, TDBlock)]
 
 
 class StepsMixin:
@@ -49,12 +58,12 @@ class StepsMixin:
                 return []
         if not 1 <= stage <= len(stages):
             raise ValueError(f"stage={stage} is not valid; this model has stages 1..{len(stages)}")
-        return [b for b in _blocks(stages[stage - 1]) if isinstance(b, TDBlock)]
+        return _td_blocks_in(stages[stage - 1])
 
     @property
     def last_td_stage(self) -> int | None:
         """1-based number of the last stage holding TD blocks (None for a model without TD)."""
-        found = [i + 1 for i, s in enumerate(self.stage_list()) if any(isinstance(b, TDBlock) for b in _blocks(s))]
+        found = [i + 1 for i, s in enumerate(self.stage_list()) if _td_blocks_in(s)]
         return found[-1] if found else None
 
     @property
@@ -142,8 +151,78 @@ class TDMobileNetV3(StepsMixin, MobileNetV3):
         return self.bn1(self.conv_stem(x))
 
 
-def steps_class_for(model: nn.Module) -> type:
-    for base, cls in ((ResNet, TDResNet), (ConvNeXt, TDConvNeXt), (MobileNetV3, TDMobileNetV3)):
+class TDTorchvisionResNet(StepsMixin, tv_resnet.ResNet):
+    """torchvision ResNet with TD blocks (``layer1`` .. ``layer4`` are stages 1 .. 4; head: avgpool, flatten, fc)."""
+
+    def stage_list(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class NamedStagesMixin(StepsMixin):
+    """Steps for a model whose stages tdam does not know: its stages are the modules named in ``td_stages_names``
+    (dotted names, in the model's order). The model's own ``forward`` is the only way through it, so
+    ``forward_steps`` runs the whole model once per step count (same results, no shared stem computation)."""
+
+    td_stage_names: tuple[str, ...] = ()  # set on the model by tdam.add_td
+    _model_class: type = nn.Module  # the model's own class, under the derived one
+
+    def stage_list(self) -> list[nn.Module]:
+        return [self.get_submodule(name) for name in self.td_stage_names]
+
+    def forward_steps(self, x: torch.Tensor, features: bool = False) -> list:
+        if features:
+            raise ValueError(f"forward_steps(features=True) needs the feature map before the head, which tdam knows "
+                             f"only for timm ResNet/ConvNeXt/MobileNetV3 and torchvision ResNet, not for "
+                             f"{self._model_class.__name__}")
+        out = []
+        for k in range(1, self.td_steps + 1):
+            with self.steps(k):
+                out.append(self(x))
+        return out
+
+
+# library model class -> its steps class (whose stage_list, forward_stem and head tdam knows)
+_STEPS_CLASSES = ((ResNet, TDResNet), (ConvNeXt, TDConvNeXt), (MobileNetV3, TDMobileNetV3),
+                  (tv_resnet.ResNet, TDTorchvisionResNet))
+_DERIVED: dict[tuple[type, type], type] = {}
+
+
+def _derive(steps_cls: type, model_cls: type) -> type:
+    """``steps_cls`` mixed into a subclass of a library model (the subclass's own methods keep precedence over the
+    library's, the step methods over both); one class per pair, so isinstance checks stay stable."""
+    key = (steps_cls, model_cls)
+    if key not in _DERIVED:
+        _DERIVED[key] = type(f"TD{model_cls.__name__}", (steps_cls, model_cls),
+                             {"__module__": model_cls.__module__, "_model_class": model_cls})
+    return _DERIVED[key]
+
+
+def known_stages(model: nn.Module) -> bool:
+    """True when tdam knows the model's stages (numbered stages, a shared-stem ``forward_steps``)."""
+    return isinstance(model, StepsMixin) and not isinstance(model, NamedStagesMixin) or any(
+        isinstance(model, base) for base, _ in _STEPS_CLASSES)
+
+
+def steps_class_for(model: nn.Module, stage_names: tuple[str, ...] | None = None) -> type:
+    """The class that adds the step methods to ``model``'s class (no state: ``model.__class__`` can be swapped).
+
+    timm ResNet/ConvNeXt/MobileNetV3 and torchvision ResNet get their known stages; any other model needs
+    ``stage_names`` (the dotted names of its stages) and gets :class:`NamedStagesMixin`."""
+    kind = type(model)
+    if isinstance(model, StepsMixin) and not isinstance(model, NamedStagesMixin):
+        return kind
+    for base, cls in _STEPS_CLASSES:
         if isinstance(model, base):
-            return cls
-    raise ValueError(f"no step-wise version of {type(model).__name__}")
+            return cls if kind is base else _derive(cls, kind)
+    if stage_names is None:
+        raise ValueError(f"no step-wise version of {kind.__name__}: tdam knows the stages of timm ResNet/ConvNeXt/"
+                         "MobileNetV3 and torchvision ResNet; name this model's stages (td_stages=['features.5', ...])")
+    if isinstance(model, NamedStagesMixin):
+        return kind
+    return _derive(NamedStagesMixin, kind)

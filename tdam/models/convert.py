@@ -1,0 +1,278 @@
+"""``tdam.add_td``: put TD into a CNN built from supported blocks, in place.
+
+A model is converted block by block: every chosen block (timm's Bottleneck, BasicBlock, ConvNeXtBlock,
+InvertedResidual, torchvision's BasicBlock, Bottleneck; see ``TD_BLOCK_TYPES``) is replaced by its TD version, which
+reuses the block's layers under the same names. The model's class gains the step methods (``forward_steps(x)``,
+``steps(k)``; see :mod:`.steps`). ``tdam.create_model(arch, attention='td')`` goes through the same code.
+
+Stages are chosen by number (1-based, as the paper names them: ResNet ``layer3`` = 3) where tdam knows the model's
+stages (timm ResNet/ConvNeXt/MobileNetV3, torchvision ResNet), or by module name (``'layer3'``, ``'features.5'``,
+``'layer4.2'``) for any model. A stage's blocks are the supported blocks found inside it, in order; ``td_blocks``
+picks some of them by 0-based index. The default placement is the paper's rule: all blocks of the last two stages
+that hold supported blocks.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Union
+
+import torch
+import torch.nn as nn
+
+from tdam.validation import check_bool, check_choice
+
+from .blocks import TDBlock, TDInvertedResidual, supported_block_names, td_block_class
+from .steps import StepsMixin, known_stages, steps_class_for
+from .td import TD_FEEDBACKS, TD_MODES, TD_ORDERS, TD_POOLS
+
+__all__ = ["add_td", "td_option_names", "stage_blocks", "default_td_stages", "convert_blocks"]
+
+Stage = Union[int, str]  # a stage number (1-based) or a module name
+_Slot = tuple[nn.Module, str, nn.Module]  # (parent, child name, block)
+
+
+def td_option_names() -> tuple[str, ...]:
+    """The TD options of ``tdam.create_model`` (``t``, ``m`` and every ``td_*`` keyword), read from its signature."""
+    from .factory import MODEL_OPTIONS
+
+    return tuple(p for p in MODEL_OPTIONS if p in ("t", "m") or p.startswith("td_"))
+
+
+def stage_blocks(stage: nn.Module) -> list[_Slot]:
+    """The supported blocks (and TD blocks) inside a stage, in order, as ``(parent, name, block)``; a stage that is
+    itself one block gives an empty list here (see :func:`_resolve`)."""
+    out: list[_Slot] = []
+    for name, child in stage.named_children():
+        if isinstance(child, TDBlock) or td_block_class(child) is not None:
+            out.append((stage, name, child))
+        else:
+            out.extend(stage_blocks(child))
+    return out
+
+
+def _known_stage_list(model: nn.Module) -> list[nn.Module] | None:
+    """The numbered stages of a model whose stages tdam knows (None otherwise)."""
+    if not known_stages(model):
+        return None
+    return steps_class_for(model).stage_list(model)
+
+
+def default_td_stages(model: nn.Module, count: int = 2) -> tuple[int, ...]:
+    """The paper's placement rule: the last ``count`` stages that hold supported blocks (numbers, 1-based)."""
+    stages = _known_stage_list(model)
+    if stages is None:
+        raise ValueError(f"tdam does not know the stages of {type(model).__name__} (it knows timm ResNet/ConvNeXt/"
+                         "MobileNetV3 and torchvision ResNet): name them, e.g. td_stages=['layer3', 'layer4'] or "
+                         "['features.5']")
+    with_blocks = [i + 1 for i, s in enumerate(stages) if stage_blocks(s)]
+    if not with_blocks:
+        raise ValueError(f"{type(model).__name__} has no supported blocks; TD blocks exist for "
+                         f"{supported_block_names()}")
+    return tuple(with_blocks[-count:])
+
+
+def _stage_names(model: nn.Module, stages: list[nn.Module] | None) -> list[str]:
+    """Module names to suggest: the known stages' names, else the model's top-level children."""
+    if stages is None:
+        return [n for n, _ in model.named_children()]
+    name_of = {id(m): n for n, m in model.named_modules()}
+    return [name_of[id(s)] for s in stages if id(s) in name_of]
+
+
+def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, list[_Slot]]:
+    """Stage -> the blocks that get TD, validated against the model (nothing is changed here)."""
+    stages = _known_stage_list(model)
+    chosen = (td_stages,) if isinstance(td_stages, (int, str)) else tuple(td_stages)
+    n = len(stages) if stages is not None else 0
+    numbers = f"stage numbers in 1..{n} (1-based, as the paper names them: ResNet layer3 = 3) or " if n else ""
+    hint = f"use {numbers}module names such as {_stage_names(model, stages)} (dotted names reach deeper)"
+    td_stages = chosen  # as written in messages
+    if not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"td_stages={td_stages!r} is not valid; {hint}")
+    out: dict[Stage, list[_Slot]] = {}
+    for s in chosen:
+        if isinstance(s, int) and not isinstance(s, bool):
+            if not 1 <= s <= n:
+                raise ValueError(f"td_stages={td_stages!r} is not valid; {hint}" if n else
+                                 f"td_stages={td_stages!r}: {type(model).__name__}'s stages have no numbers in tdam "
+                                 f"(it knows timm ResNet/ConvNeXt/MobileNetV3 and torchvision ResNet); {hint}")
+            module = stages[s - 1]
+        elif isinstance(s, str):
+            try:
+                module = model.get_submodule(s)
+            except AttributeError:
+                raise ValueError(f"td_stages: {type(model).__name__} has no module {s!r}; {hint}") from None
+        else:
+            raise ValueError(f"td_stages={td_stages!r} is not valid; {hint}")
+        slots = stage_blocks(module)
+        if not slots and (isinstance(module, TDBlock) or td_block_class(module) is not None):
+            parent, _, leaf = s.rpartition(".")  # a single named block (by name only: numbered stages hold blocks)
+            slots = [(model.get_submodule(parent), leaf, module)]
+        if not slots:
+            kinds = sorted({type(c).__name__ for c in module.children()}) or [type(module).__name__]
+            ok = [i + 1 for i, st in enumerate(stages or []) if stage_blocks(st)]
+            where = f"; stages with supported blocks: {ok}" if ok else ""
+            raise ValueError(f"stage {s!r} holds no block TD supports (it holds {kinds}); TD blocks exist for "
+                             f"{supported_block_names()}{where}")
+        out[s] = slots
+    # keys as in td_stages; digit strings (YAML/JSON keys) are stage numbers
+    td_blocks = {int(k) if isinstance(k, str) and k.isdigit() else k: tuple(v) for k, v in (td_blocks or {}).items()}
+    extra = [k for k in td_blocks if k not in out]
+    if extra:
+        raise ValueError(f"td_blocks names stages {extra} that are not in td_stages={list(chosen)}")
+    for s, idx in td_blocks.items():
+        nb = len(out[s])
+        bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < nb]
+        if bad:
+            raise ValueError(f"td_blocks[{s!r}] has indices {bad} out of range; stage {s} has blocks 0..{nb - 1}")
+        out[s] = [out[s][i] for i in sorted(set(idx))]
+    seen: dict[int, Stage] = {}
+    for s, slots in out.items():
+        for _, _, block in slots:
+            if isinstance(block, TDBlock):
+                raise ValueError(f"stage {s!r} already has TD in the chosen block {type(block).__name__}; choose "
+                                 "other stages or blocks (td_blocks)")
+            if id(block) in seen:
+                raise ValueError(f"td_stages {seen[id(block)]!r} and {s!r} choose the same block twice")
+            seen[id(block)] = s
+    return out
+
+
+def _check_options(opts: Mapping[str, Any]) -> None:
+    """The TD options' own checks (the choices come from :mod:`.td`); m is checked per block type, t by the TD
+    blocks themselves (built before any is put in)."""
+    check_choice("td_mode", opts["td_mode"], TD_MODES)
+    check_choice("td_order", opts["td_order"], TD_ORDERS)
+    check_choice("td_feedback", opts["td_feedback"], TD_FEEDBACKS)
+    check_choice("td_pool", opts["td_pool"], TD_POOLS)
+    check_bool("td_zero_init_step_norms", opts["td_zero_init_step_norms"])
+    check_bool("td_keep_se", opts["td_keep_se"])
+
+
+def convert_blocks(placement: Mapping[Stage, list[_Slot]], opts: Mapping[str, Any]) -> None:
+    """Replace every chosen block by its TD version. All TD blocks are built before any is put in, so an invalid
+    option (e.g. an ``m`` a block type does not have) leaves the model as it was."""
+    _check_options(opts)
+    slots = [slot for group in placement.values() for slot in group]
+    if opts["td_keep_se"] and not any(td_block_class(b) is TDInvertedResidual for _, _, b in slots):
+        raise ValueError("td_keep_se applies to InvertedResidual (MobileNetV3) blocks only, and none is chosen")
+    kwargs = dict(t=opts["t"], m=opts["m"], mode=opts["td_mode"], order=opts["td_order"], pool=opts["td_pool"],
+                  feedback=opts["td_feedback"], zero_init_step_norms=opts["td_zero_init_step_norms"],
+                  keep_se=opts["td_keep_se"])
+    for cls in {td_block_class(b) for _, _, b in slots}:
+        cls.rec_layers(kwargs["m"])  # m is valid for every block type chosen (names the type and its choices)
+    built = []
+    for parent, name, block in slots:
+        new = td_block_class(block)(block, **{k: v for k, v in kwargs.items()
+                                              if k != "keep_se" or td_block_class(block) is TDInvertedResidual})
+        built.append((parent, name, _like(new, block)))
+    for parent, name, new in built:
+        setattr(parent, name, new)
+
+
+def _like(new: nn.Module, block: nn.Module) -> nn.Module:
+    """The new TD parts on the block's device and in its floating-point dtype."""
+    p = next(block.parameters(), None)
+    if p is None:
+        return new
+    return new.to(device=p.device, dtype=p.dtype) if p.is_floating_point() else new.to(p.device)
+
+
+def _options(td_options: Mapping[str, Any]) -> dict[str, Any]:
+    from .factory import TD_OPTION_DEFAULTS
+
+    names = td_option_names()
+    unknown = sorted(set(td_options) - set(names))
+    if unknown:
+        raise ValueError(f"unknown TD options {unknown}; valid TD options are {list(names)} (as in "
+                         "tdam.create_model)")
+    opts = {k: v for k, v in td_options.items() if v is not None}
+    return {**TD_OPTION_DEFAULTS, "td_zero_init_step_norms": False, "td_keep_se": False, **opts}
+
+
+def _stage_order(model: nn.Module, names: Iterable[str]) -> tuple[str, ...]:
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return tuple(sorted(set(names), key=order.__getitem__))
+
+
+def add_td(model: nn.Module, td_stages: Stage | Iterable[Stage] | None = None, **td_options: Any) -> nn.Module:
+    """Convert ``model`` to a TD model IN PLACE and return it.
+
+    Args:
+        model: a CNN built from supported blocks: timm's ``Bottleneck``, ``BasicBlock``, ``ConvNeXtBlock``,
+            ``InvertedResidual`` or torchvision's ``BasicBlock``, ``Bottleneck`` (e.g. ``torchvision.models.resnet50()``
+            or any timm ResNet/ConvNeXt/MobileNetV3).
+        td_stages: where TD goes. Stage numbers (1-based, as the paper names them; timm ResNet/ConvNeXt/MobileNetV3
+            and torchvision ResNet), module names (``['layer3', 'layer4']``, dotted names such as ``'features.5'``
+            or a single block ``'layer4.2'``), or a mix. Default: the paper's rule, all blocks of the last two stages
+            that hold supported blocks (models with numbered stages only).
+        **td_options: ``tdam.create_model``'s TD options with the same defaults and checks: ``t`` (steps, 2),
+            ``m`` (feedback distance, 1; the valid values depend on the block type), ``td_mode``, ``td_order``,
+            ``td_feedback``, ``td_pool``, ``td_blocks`` (stage -> 0-based indices of the stage's blocks; stages keyed
+            as in ``td_stages``), ``td_zero_init_step_norms``, ``td_keep_se`` (InvertedResidual only).
+
+    Returns:
+        The same model, whose class now also has ``forward_steps(x)`` (logits for steps 1..t of the last TD stage)
+        and ``steps(k)`` (a context manager running that stage at k steps), see :mod:`tdam.models.steps`. A model
+        from ``tdam.create_model`` keeps a ``model_config`` (so ``tdam.save_checkpoint(model, path)`` and
+        ``tdam.load_model`` work) when create_model can rebuild the converted model; other models have none.
+
+    Raises:
+        ValueError: naming the valid stages, block types or option values; the model is left unchanged.
+    """
+    opts = _options(td_options)
+    td_blocks = opts.pop("td_blocks", None)
+    if td_stages is None:
+        td_stages = default_td_stages(model)
+    placement = _resolve(model, td_stages, td_blocks)
+    convert_blocks(placement, opts)
+    if known_stages(model):
+        model.__class__ = steps_class_for(model)
+    else:
+        names = [s for s in placement if isinstance(s, str)]
+        model.__class__ = steps_class_for(model, tuple(names))
+        model.td_stage_names = _stage_order(model, (*model.td_stage_names, *names))
+    _update_model_config(model, opts, {k: v for k, v in td_options.items() if v is not None and k != "td_blocks"})
+    return model
+
+
+def _update_model_config(model: nn.Module, opts: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Keep ``model.model_config`` (create_model's keyword arguments) only if it rebuilds the converted model: the
+    same parameter and buffer names and shapes from a meta-device build; drop it otherwise (see add_td)."""
+    from .factory import TD_DEFAULTS, create_model
+
+    old = getattr(model, "model_config", None)
+    if not isinstance(old, Mapping):
+        return
+    config = dict(old)
+    if config.get("attention") not in (None, "td") or (
+            config.get("attention") == "td" and _options({k: v for k, v in old.items() if k in opts}) != opts):
+        config = None  # TD on top of a baseline, or new TD blocks whose options differ from the model's
+    else:
+        arch = config.get("arch")
+        placement: dict[int, list[int]] = {}
+        for i, stage in enumerate(model.stage_list(), 1):
+            slots = stage_blocks(stage)
+            idx = [j for j, (_, _, b) in enumerate(slots) if isinstance(b, TDBlock)]
+            if idx:
+                placement[i] = idx
+        config.update(attention="td", **given, td_stages=list(placement))
+        config.pop("td_blocks", None)
+        default_subsets = TD_DEFAULTS.get(arch, {}).get("td_blocks", {})
+        subsets = {s: idx for s, idx in placement.items()
+                   if s in default_subsets or len(idx) != len(stage_blocks(model.stage_list()[s - 1]))}
+        if subsets:
+            config["td_blocks"] = subsets
+        try:
+            with torch.device("meta"):
+                again = create_model(**config)
+        except (ValueError, TypeError):
+            config = None
+        else:
+            shapes = {k: tuple(v.shape) for k, v in again.state_dict().items()}
+            if shapes != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+                config = None
+    if config is None:
+        del model.model_config
+    else:
+        model.model_config = config
+
