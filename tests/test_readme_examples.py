@@ -11,9 +11,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = [
-    ("docs/own_model.md", "TD in your own model"),
-    ("docs/own_model.md", "Checkpoints from Python"),
-    ("docs/own_model.md", "Evaluate a folder of images from Python"),
+    ("README.md", "TD in your own model"),
+    ("README.md", "Checkpoints from Python"),
+    ("README.md", "Evaluate a folder of images from Python"),
 ]
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
