@@ -8,9 +8,9 @@ Pluggable tasks
 ---------------
 What is optimised and measured is a :class:`Task`; the default is :class:`ClassificationTask` (label smoothing,
 timm Mixup/CutMix + SoftTargetCrossEntropy, top-1/top-5), which trains a TD model on the last computation step (the
-public code) or, with ``train_on="most_confident"``, on each sample's most confident step (supplement §1.1). Another objective (e.g. WS-DAN's attention-cropping loss,
-ASL's multi-label loss in ``tdam.transfer``) implements the same two methods and runs through the same engine,
-checkpointing and distributed code::
+public code) or, with ``train_on="most_confident"``, on each sample's most confident step (supplement §1.1).
+Another objective (e.g. WS-DAN's attention-cropping loss, ASL's multi-label loss in ``tdam.transfer``) implements the
+same two methods and runs through the same engine, checkpointing and distributed code::
 
     class MyTask:
         primary_metric = "mAP"                      # higher is better; selects best.pth
@@ -46,8 +46,8 @@ from tdam.train.distributed import all_reduce_sum
 from tdam.validation import check_choice
 
 __all__ = [
-    "Task", "ClassificationTask", "TRAIN_ON", "most_confident_logits", "EvalContext", "TrainState", "EpochMeter", "NonFiniteLossError",
-    "train_one_epoch", "evaluate",
+    "Task", "ClassificationTask", "TRAIN_ON", "most_confident_logits", "EvalContext", "TrainState", "EpochMeter",
+    "NonFiniteLossError", "train_one_epoch", "evaluate",
 ]
 
 
