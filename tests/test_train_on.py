@@ -147,3 +147,24 @@ def test_two_gloo_processes_equal_one_process_with_most_confident(tmp_path):
     ha, hb = a["metrics"]["history"][0], b["metrics"]["history"][0]
     for key in ("train_loss", "val_loss", "val_top1"):
         assert hb[key] == pytest.approx(ha[key], rel=1e-4, abs=1e-4), key
+
+
+def test_ablation_index_lists_the_most_confident_row_beside_tdj_m1_without_paper_numbers():
+    import tdam.notebook as nb
+    from tdam.evaluation.ablations import table2_entries
+    from tdam.reference import ablation_table
+
+    paper_only = table2_entries(["mode_and_distance"])
+    assert all(e["paper_row"] for e in paper_only)
+    entries = table2_entries(["mode_and_distance"], ["TDj(m1)", "TDj(m1) most-confident"], extras=True)
+    assert [(e["row"], e["paper_row"]) for e in entries] == [("TDj(m=1)", True), ("TDj(m=1) most-confident", False)]
+    last, mc = (nb.ablation_config(e, profile="smoke") for e in entries)
+    assert (last.train_on, mc.train_on) == ("last", "most_confident")
+    assert mc.replace(train_on="last").to_dict() == last.to_dict()            # only train_on differs
+    assert mc.run_name() != last.run_name()                                   # so they are two cached runs
+    rows = [{"set": e["set"], "row": e["row"], "params_M": 25.0, "gflops": 4.0, "v1_top1": 70.0, "v1_top5": 90.0}
+            for e in entries]
+    tab = ablation_table(rows).set_index("row")
+    assert tab.loc["TDj(m=1)", "paper_v1_top1"] == tab.loc["TDj(m=1)", "paper_v1_top1"]     # a number
+    assert tab.loc["TDj(m=1) most-confident", ["paper_v1_top1", "diff_v1_top1", "diff_gflops"]].isna().all()
+    assert nb.parameters("04_ablations", rows=["TDj(m1) most-confident"]).rows == ["TDj(m1) most-confident"]

@@ -105,9 +105,9 @@ class ClassificationTask:
     - ``"most_confident"``: supplement §1.1 ("we only consider the most confident prediction during both training
       and evaluation"). Each sample's loss uses the logits of the step (1 .. t of the last TD stage) with the highest
       max-softmax, first one on ties (as the ``most_confident`` evaluation metric). The steps come from
-      ``forward_steps`` (stem and earlier stages run once; the last TD stage and what follows run for t = 1 .. t, so
-      1 + 2 + .. + t times instead of t); the choice is made without gradient and the gradient flows through the
-      chosen step's logits only. Label smoothing, Mixup/CutMix targets, AMP, accumulation, EMA and DDP are
+      ``forward_steps``: the stem and earlier stages run once, the last TD stage and what follows once per step
+      count k = 1 .. t (its recurrent layers 1 + 2 + .. + t times instead of t). The choice is made without
+      gradient and the gradient flows through the chosen step's logits only. Label smoothing, Mixup/CutMix targets, AMP, accumulation, EMA and DDP are
       unchanged: the criterion just receives the selected logits. BatchNorm in train mode normalises with batch
       statistics, so the step logits and the gradients are those of separate forwards at t = 1 .. t. Its running
       statistics (used only at evaluation) differ from ``last`` training: a norm of the last TD stage that runs in
@@ -169,11 +169,15 @@ def _forward_steps(model: nn.Module) -> Iterator[None]:
     if getattr(net, "last_td_stage", None) is None:
         raise ValueError(f"train_on='most_confident' needs a model with TD blocks ({type(net).__name__} has none, "
                          "so it has a single computation step); use train_on='last'")
+    own = net.__dict__.get("forward")                     # an instance-level forward, restored afterwards
     net.forward = net.forward_steps
     try:
         yield
     finally:
-        del net.forward
+        if own is None:
+            del net.forward
+        else:
+            net.forward = own
 
 
 @dataclass
