@@ -134,6 +134,8 @@ def compare_train_on(args: argparse.Namespace) -> None:
     saved = {o: _saved_bytes(setups[o][0], setups[o][1], *setups[o][2][0], setups[o][3]) for o in options}
     print(f"saved for backward (one step): last {saved['last'] / 2**20:.1f} MiB | most_confident "
           f"{saved['most_confident'] / 2**20:.1f} MiB | ratio {saved['most_confident'] / saved['last']:.3f}")
+    if args.mem_repeats < 1:
+        return
     spawn = mp.get_context("spawn")
     peaks: dict[str, list[int]] = {o: [] for o in options}
     for r in range(args.mem_repeats):
@@ -163,7 +165,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--train-on", action="store_true", help="train_on most_confident vs last (see the docstring)")
     p.add_argument("--repeats", type=int, default=5, help="--train-on: interleaved timing repeats")
-    p.add_argument("--mem-repeats", type=int, default=3, help="--train-on: fresh processes per option for peak memory")
+    p.add_argument("--mem-repeats", type=int, default=3, help="--train-on: fresh processes per option for peak memory (0: skip)")
     args = p.parse_args()
     if args.train_on:
         return compare_train_on(args)
