@@ -1,9 +1,12 @@
 """Supplement Table 2 (ablations): which params file reproduces which row, and one row's measured size and accuracy.
 
-``params/ablations/_table2.yaml`` lists the rows (set, row, params file). Each row's model is trained by the same
-engine as notebook 01 (through :mod:`tdam.notebook`, the one caller of the trainer), evaluated on the validation
-split (``last`` top-1/top-5; Table 2 reports one number per row), and its params/FLOPs are counted at 224² with the
-paper's class count (200 for the ``steps_200cls`` set, else 1000).
+``params/ablations/_table2.yaml`` lists the rows (set, row, params file) and, under ``extras:``, variants that are not
+paper rows (e.g. TDj(m=1) trained with ``train_on: most_confident``, the supplement's stated rule, where the paper's
+rows follow the public code's last step): they carry ``paper_row: False``, a name no paper row has (so the table puts
+no paper numbers or differences beside them) and sit in the set of the row they vary. Each row's model is trained
+by the same engine as notebook 01 (through :mod:`tdam.notebook`, the one caller of the trainer), evaluated on the
+validation split (``last`` top-1/top-5; Table 2 reports one number per row), and its params/FLOPs are counted at 224²
+with the paper's class count (200 for the ``steps_200cls`` set, else 1000).
 """
 from __future__ import annotations
 
@@ -25,34 +28,40 @@ def _index_path() -> Path:
     return paths.params_dir() / "ablations" / "_table2.yaml"
 
 
-def table2_entries(sets: Sequence[str] | None = None, rows: Sequence[str] = ()) -> list[dict]:
-    """Rows of Table 2 with their params files: [{'set', 'row', 'params' (Path)}], in the paper's order; only those
-    of ``sets`` and, when given, those named in ``rows`` (compared without '=', as notebook parameters write them)."""
+def table2_entries(sets: Sequence[str] | None = None, rows: Sequence[str] = (), *, extras: bool = False) -> list[dict]:
+    """Rows of Table 2 with their params files: [{'set', 'row', 'params' (Path), 'paper_row'}], in the paper's order,
+    then (``extras=True``) the index's non-paper rows; only those of ``sets`` and, when given, those named in ``rows``
+    (compared without '=', as notebook parameters write them)."""
     from tdam.reference import row_name
 
     idx = _index_path()
     if not idx.is_file():
         raise FileNotFoundError(f"ablation index missing: {idx} (expected 'rows: [{{set, row, params}}]')")
-    listed = (yaml.safe_load(idx.read_text()) or {}).get("rows") or []
+    index = yaml.safe_load(idx.read_text()) or {}
+    listed = [{**r, "paper_row": True} for r in index.get("rows") or []]
+    extra = [{**r, "paper_row": False} for r in index.get("extras") or []]
+    clash = {row_name(r["row"]) for r in listed} & {row_name(r["row"]) for r in extra}
+    if clash:
+        raise ValueError(f"{idx}: extras {sorted(clash)} reuse paper row names; give them their own names")
     for s in sets or ():
         if s not in TABLE2_SETS:
             raise ValueError(f"unknown Table 2 set {s!r}; valid: {list(TABLE2_SETS)}")
     wanted = {row_name(r) for r in rows}
     out = []
-    for r in listed:
+    for r in listed + (extra if extras else []):
         if (sets and r["set"] not in sets) or (wanted and row_name(r["row"]) not in wanted):
             continue
         p = idx.parent / r["params"]
         if not p.is_file():
             raise FileNotFoundError(f"{idx}: params file of {r['set']}/{r['row']} missing: {p}")
-        out.append({"set": r["set"], "row": str(r["row"]), "params": p})
+        out.append({"set": r["set"], "row": str(r["row"]), "params": p, "paper_row": r["paper_row"]})
     return out
 
 
 def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, data: Mapping, *,
                  device: torch.device, batch_size: int = 50, workers: int = 0, max_images: int | None = None) -> dict:
-    """Size and accuracy of one Table 2 row: {set, row, backbone, params, params_M, gflops, v1_top1, v1_top5, images,
-    checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
+    """Size and accuracy of one Table 2 row: {set, row, paper_row, backbone, params, params_M, gflops, v1_top1, v1_top5,
+    images, checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
     :func:`tdam.evaluation.data.run_data_settings`. ``checkpoint`` None: the row was not trained, reported as 'not
     trained' with NaN metrics, never silently replaced."""
     from tdam import complexity
@@ -64,7 +73,8 @@ def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, 
     from .data import eval_dataset, eval_loader
 
     kw = dict(model)
-    row = {"set": entry["set"], "row": entry["row"], "backbone": kw["arch"], "params": Path(entry["params"]).name}
+    row = {"set": entry["set"], "row": entry["row"], "paper_row": entry.get("paper_row", True), "backbone": kw["arch"],
+           "params": Path(entry["params"]).name}
     kw["num_classes"] = _PAPER_CLASSES.get(entry["set"], 1000)
     with torch.device("meta"):  # size of the paper's model (its class count), no weights needed
         sized = create_model(**kw)

@@ -196,7 +196,7 @@ def _ablation_rows_exist(p: Params) -> None:
     from tdam.evaluation.ablations import table2_entries
     from tdam.reference import row_name
 
-    known = [row_name(e["row"]) for e in table2_entries(p.sets)]
+    known = [row_name(e["row"]) for e in table2_entries(p.sets, extras=True)]
     for r in p.rows:
         check_choice("rows", row_name(r), known)
 

@@ -35,6 +35,7 @@ import yaml
 
 from tdam.models import MODEL_OPTIONS, TD_OPTION_DEFAULTS, canonical_model, check_model
 from tdam.paths import params_dir, runs_dir
+from tdam.train.engine import TRAIN_ON
 from tdam.train.errors import ConfigError
 from tdam.validation import DEVICE_CHOICES, check_bool, check_choice, check_int, check_number
 
@@ -109,6 +110,8 @@ class TrainConfig:
     smoothing: float = 0.1
     mixup: float = 0.0                     # mixup alpha (0: off)
     cutmix: float = 0.0                    # cutmix alpha (0: off)
+    train_on: str = "last"                 # last | most_confident: a TD model's step the loss sees (engine.TRAIN_ON);
+    #   last = the authors' public code (output_over_t off in training); most_confident = supplement §1.1's rule
     model_ema: bool = False
     model_ema_decay: float = 0.9998
     # --- performance ---
@@ -151,6 +154,10 @@ class TrainConfig:
         check_choice("sched", self.sched, SCHEDULERS)
         check_choice("remode", self.remode, REMODES)
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_choice("train_on", self.train_on, TRAIN_ON)
+        if self.train_on == "most_confident" and self.model.get("attention") != "td":
+            raise ValueError("train_on='most_confident' needs a TD model (model.attention: td): it trains on the most "
+                             "confident of the TD steps, and a model without TD blocks has a single step")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", str(self.device))):
             raise ValueError(f"device={self.device!r} is not valid; valid choices are {list(DEVICE_CHOICES)}")
         _check_optimizer(self.opt)

@@ -7,9 +7,10 @@ clipping -> optimizer step through the GradScaler -> EMA update -> per-iteration
 Pluggable tasks
 ---------------
 What is optimised and measured is a :class:`Task`; the default is :class:`ClassificationTask` (label smoothing,
-timm Mixup/CutMix + SoftTargetCrossEntropy, top-1/top-5). Another objective (e.g. WS-DAN's attention-cropping loss,
-ASL's multi-label loss in ``tdam.transfer``) implements the same two methods and runs through the same engine,
-checkpointing and distributed code::
+timm Mixup/CutMix + SoftTargetCrossEntropy, top-1/top-5), which trains a TD model on the last computation step (the
+public code) or, with ``train_on="most_confident"``, on each sample's most confident step (supplement §1.1).
+Another objective (e.g. WS-DAN's attention-cropping loss, ASL's multi-label loss in ``tdam.transfer``) implements the
+same two methods and runs through the same engine, checkpointing and distributed code::
 
     class MyTask:
         primary_metric = "mAP"                      # higher is better; selects best.pth
@@ -31,9 +32,9 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -42,11 +43,15 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from tdam.checkpoint import unwrap_model
 from tdam.train.distributed import all_reduce_sum
+from tdam.validation import check_choice
 
 __all__ = [
-    "Task", "ClassificationTask", "EvalContext", "TrainState", "EpochMeter", "NonFiniteLossError",
-    "train_one_epoch", "evaluate",
+    "Task", "ClassificationTask", "TRAIN_ON", "most_confident_logits", "EvalContext", "TrainState", "EpochMeter",
+    "NonFiniteLossError", "train_one_epoch", "evaluate",
 ]
+
+
+TRAIN_ON = ("last", "most_confident")   # which computation step's logits a TD model is trained on
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,14 +96,36 @@ class Task(Protocol):
 
 
 class ClassificationTask:
-    """Single-label classification: label-smoothed cross-entropy, or timm Mixup/CutMix with soft-target CE."""
+    """Single-label classification: label-smoothed cross-entropy, or timm Mixup/CutMix with soft-target CE.
+
+    ``train_on`` -- which logits of a TD model the loss sees:
+
+    - ``"last"`` (default): the model's output, i.e. the last computation step. This is the authors' public code:
+      its ``output_over_t`` is off in training and no training script uses the per-step outputs.
+    - ``"most_confident"``: supplement §1.1 ("we only consider the most confident prediction during both training
+      and evaluation"). Each sample's loss uses the logits of the step (1 .. t of the last TD stage) with the highest
+      max-softmax, first one on ties (as the ``most_confident`` evaluation metric). The steps come from
+      ``forward_steps``: the stem and earlier stages run once, the last TD stage and what follows once per step
+      count k = 1 .. t (its recurrent layers 1 + 2 + .. + t times instead of t). The choice is made without
+      gradient and the gradient flows through the chosen step's logits only. Label smoothing, Mixup/CutMix targets, AMP, accumulation, EMA and DDP are
+      unchanged: the criterion just receives the selected logits. BatchNorm in train mode normalises with batch
+      statistics, so the step logits and the gradients are those of separate forwards at t = 1 .. t. Its running
+      statistics (used only at evaluation) differ from ``last`` training: a norm of the last TD stage that runs in
+      n of the t passes (step j's norms: passes j .. t; norms outside the recurrence and after the stage: all t)
+      is updated n times per batch with the same batch statistics (the shared steps compute the same values, barring
+      drop-path, which draws new masks in every pass), i.e. an EMA with momentum 1 - (1 - momentum)^n: the same
+      estimate over a shorter window. We accept that rather than re-implement ``forward_steps``.
+      A model without TD blocks has a single step: ``most_confident`` is then a configuration error.
+    """
     primary_metric = "top1"
 
-    def __init__(self, num_classes: int, *, smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0
-                 ) -> None:
+    def __init__(self, num_classes: int, *, smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
+                 train_on: str = "last") -> None:
         from timm.data import Mixup
 
         self.num_classes = num_classes
+        check_choice("train_on", train_on, TRAIN_ON)
+        self.train_on = train_on
         self.mixup_fn = None
         if mixup > 0 or cutmix > 0:   # timm's defaults: on every batch, Mixup or CutMix with probability 1/2 each
             self.mixup_fn = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
@@ -113,11 +140,44 @@ class ClassificationTask:
              ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mixup_fn is not None:
             images, targets = self.mixup_fn(images, targets)
-        outputs = model(images)
+        if self.train_on == "last":
+            outputs = model(images)
+        else:
+            with _forward_steps(model):                  # through the DDP / compile wrappers: DDP's hooks see it
+                outputs = most_confident_logits(torch.stack(model(images)))
         return self.criterion(outputs, targets), outputs
 
     def evaluate(self, model: nn.Module, loader: Iterable, ctx: EvalContext) -> dict[str, float]:
         return evaluate(model, loader, ctx)
+
+
+def most_confident_logits(step_logits: torch.Tensor) -> torch.Tensor:
+    """(B, C) logits of each sample's most confident step from (t, B, C) step logits: the step with the highest
+    max-softmax (first one on ties, as :func:`tdam.metrics.most_confident_correct`), chosen without gradient; the
+    gradient flows through the chosen step's logits only."""
+    with torch.no_grad():
+        best = step_logits.detach().float().softmax(dim=-1).amax(dim=-1).argmax(dim=0)      # (B,)
+    return step_logits[best, torch.arange(step_logits.shape[1], device=best.device)]
+
+
+@contextmanager
+def _forward_steps(model: nn.Module) -> Iterator[None]:
+    """Inside the ``with``, calling ``model`` (possibly DDP / torch.compile wrapped) returns ``forward_steps``'s
+    list of step logits: the wrapped module's ``forward`` is ``forward_steps``, so DDP still prepares its gradient
+    reduction (calling ``model.module.forward_steps`` directly would bypass it)."""
+    net = unwrap_model(model)
+    if getattr(net, "last_td_stage", None) is None:
+        raise ValueError(f"train_on='most_confident' needs a model with TD blocks ({type(net).__name__} has none, "
+                         "so it has a single computation step); use train_on='last'")
+    own = net.__dict__.get("forward")                     # an instance-level forward, restored afterwards
+    net.forward = net.forward_steps
+    try:
+        yield
+    finally:
+        if own is None:
+            del net.forward
+        else:
+            net.forward = own
 
 
 @dataclass

@@ -268,7 +268,7 @@ class _Run:
                 run_model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
         self.state = TrainState(model=run_model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema)
         self.task = self.task or ClassificationTask(
-            self.num_classes, smoothing=cfg.smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix)
+            self.num_classes, smoothing=cfg.smoothing, mixup=cfg.mixup, cutmix=cfg.cutmix, train_on=cfg.train_on)
         self.ctx = EvalContext(device=d.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
                                max_batches=cfg.val_batches)
         seed_everything(cfg.seed + d.rank)              # per-rank augmentation / Mixup / drop-path streams
