@@ -18,12 +18,30 @@ from timm.models.resnet import ResNet
 
 from .blocks import TDBlock
 
-__all__ = ["StepsMixin", "TDResNet", "TDConvNeXt", "TDMobileNetV3", "steps_class_for"]
+__all__ = ["StepsMixin", "TDResNet", "TDConvNeXt", "TDMobileNetV3", "steps_class_for", "stage_modules"]
 
 
 def _blocks(stage: nn.Module) -> nn.Module:
     """The blocks of a stage (ConvNeXt stages hold theirs in ``.blocks`` after the downsampling layer)."""
     return getattr(stage, "blocks", stage)
+
+
+def stage_modules(model: nn.Module) -> list[nn.Module | None]:
+    """The stages in order (stage number = index + 1) of a classifier or of the ``features_only`` network timm builds
+    from it (FeatureListNet, FeatureHookNet, MobileNetV3Features). A stage that a feature network dropped because no
+    requested feature comes after it (``out_indices``) is ``None``."""
+    children = model._modules
+    if "body" in children and len(children) == 1:  # FeatureHookNet keeping the whole model as ``body``
+        return stage_modules(children["body"])
+    if "layer1" in children:  # ResNet
+        return [children.get(f"layer{i}") for i in range(1, 5)]
+    if "stages" in children:  # ConvNeXt
+        return list(children["stages"])
+    if "stages_0" in children:  # ConvNeXt (4 stages) flattened by a feature network
+        return [children.get(f"stages_{i}") for i in range(4)]
+    if "blocks" in children:  # MobileNetV3 / MobileNetV3Features
+        return list(children["blocks"])
+    raise ValueError(f"no stages found in {type(model).__name__}")
 
 
 class StepsMixin:
@@ -142,8 +160,9 @@ class TDMobileNetV3(StepsMixin, MobileNetV3):
         return self.bn1(self.conv_stem(x))
 
 
-def steps_class_for(model: nn.Module) -> type:
+def steps_class_for(model: nn.Module) -> type | None:
+    """The step-wise class of a classifier (None for a ``features_only`` network: it has no logits to step)."""
     for base, cls in ((ResNet, TDResNet), (ConvNeXt, TDConvNeXt), (MobileNetV3, TDMobileNetV3)):
         if isinstance(model, base):
             return cls
-    raise ValueError(f"no step-wise version of {type(model).__name__}")
+    return None
