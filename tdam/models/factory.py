@@ -292,14 +292,15 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 _RESNET_CFG = dict(first_conv="conv1", classifier="fc")
-default_cfgs = generate_default_cfgs({
+# Tag 'untrained' (timm's tag for a config without weights): ``timm.create_model('td_resnet50')`` resolves to it.
+default_cfgs = generate_default_cfgs({f"{name}.untrained": cfg for name, cfg in {
     **{f"td_{a}": _cfg(**_RESNET_CFG) for a in ARCHS if a.startswith("resnet")},
     **{f"{att}_{a}": _cfg(**_RESNET_CFG) for att in ("se", "cbam", "eca", "fca") for a in ARCHS
        if a.startswith("resnet")},
     "td_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
     "fca_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
     "td_mobilenetv3_large_100": _cfg(first_conv="conv_stem", classifier="classifier"),
-})
+}.items()})
 
 
 def _describe_for_timm(model: nn.Module, config: Mapping[str, Any]) -> None:
