@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
-from timm.models import FeatureHookNet, FeatureListNet
+from timm.models._features import FeatureGetterNet, FeatureHookNet, FeatureListNet
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 
@@ -456,12 +456,12 @@ class ConvNeXtBlockFCA(ConvNeXtBlock):
         return self.drop_path(x) + self.shortcut(shortcut)
 
 
-_FEATURE_NETS = (FeatureListNet, FeatureHookNet)
+_FEATURE_NETS = (FeatureListNet, FeatureHookNet, FeatureGetterNet)
 
 
 def add_fca_to_convnext(model: ConvNeXt, dct_sizes: int | Sequence[int] = CONVNEXT_FCA_DCT_SIZES) -> ConvNeXt:
-    """Replace, in place, every block of a timm ConvNeXt (or of the ``features_only`` network timm builds from one) by a :class:`ConvNeXtBlockFCA` (parameter names unchanged,
-    plus ``stages.i.blocks.j.fca.*``). Returns ``model``.
+    """Replace, in place, every block of a timm ConvNeXt (or of a ``features_only`` network timm builds from one) by
+    a :class:`ConvNeXtBlockFCA` (parameter names unchanged, plus ``stages.i.blocks.j.fca.*``). Returns ``model``.
 
     ``dct_sizes``: one DCT size per stage (default the true 224-input sizes 56/28/14/7, so no pooling is needed at
     224), or one int for all stages (7 = the FcaNet maintainer's "just set all to 7"). The FCA linears get ConvNeXt's

@@ -28,11 +28,11 @@ def _blocks(stage: nn.Module) -> nn.Module:
 
 def stage_modules(model: nn.Module) -> list[nn.Module | None]:
     """The stages in order (stage number = index + 1) of a classifier or of the ``features_only`` network timm builds
-    from it (FeatureListNet, FeatureHookNet, MobileNetV3Features). A stage that a feature network dropped because no
-    requested feature comes after it (``out_indices``) is ``None``."""
+    from it (FeatureListNet, FeatureHookNet, FeatureGetterNet, MobileNetV3Features). A stage that a feature network
+    dropped because no requested feature comes after it (``out_indices``) is ``None``."""
     children = model._modules
-    if "body" in children and len(children) == 1:  # FeatureHookNet keeping the whole model as ``body``
-        return stage_modules(children["body"])
+    if len(children) == 1 and ("body" in children or "model" in children):  # FeatureHookNet / FeatureGetterNet
+        return stage_modules(next(iter(children.values())))
     if "layer1" in children:  # ResNet
         return [children.get(f"layer{i}") for i in range(1, 5)]
     if "stages" in children:  # ConvNeXt
