@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
+from timm.models._features import FeatureGetterNet, FeatureHookNet, FeatureListNet
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 
@@ -257,6 +258,25 @@ def dct_filters(channels: int, dct_h: int, dct_w: int, u: Sequence[int], v: Sequ
     return filters.repeat_interleave(channels // len(u), dim=0).to(dtype or torch.get_default_dtype())
 
 
+def _check_4d(x: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+def _resize_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``x`` itself if its (H, W) is (h, w), else ``adaptive_avg_pool2d(x, (h, w))`` (FCA's descriptor input)."""
+    return x if tuple(x.shape[-2:]) == (h, w) else F.adaptive_avg_pool2d(x, (h, w))
+
+
+# FX symbolic tracing (torchvision's create_feature_extractor, timm's fx features) cannot branch on a traced tensor's
+# shape: the checks above stay single call nodes of the traced graph (torch.fx.wrap serves every tracer, timm's list
+# serves the tracer timm builds). torch.export and ONNX trace through them as usual (shapes are static there).
+torch.fx.wrap("_check_4d")
+torch.fx.wrap("_resize_to")
+register_notrace_function(_check_4d)
+register_notrace_function(_resize_to)
+
+
 class MultiSpectralDCTLayer(nn.Module):
     """FcaNet's multi-spectral pooling: ``y[n, c] = sum_{h,w} x[n, c, h, w] * weight[c, h, w]``.
 
@@ -273,8 +293,7 @@ class MultiSpectralDCTLayer(nn.Module):
         self.register_buffer("weight", weight.to(device), persistent=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        _check_4d(x)
         return (x * self.weight).sum((2, 3))
 
 
@@ -309,12 +328,8 @@ class FCA(nn.Module):
         self.fc = _excitation(channels, hidden, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        x_pooled = x
-        if (h, w) != (self.dct_h, self.dct_w):
-            x_pooled = F.adaptive_avg_pool2d(x, (self.dct_h, self.dct_w))
-        y = self.fc(self.dct_layer(x_pooled)).view(n, c, 1, 1)
-        return x * y
+        y = self.fc(self.dct_layer(_resize_to(x, self.dct_h, self.dct_w)))
+        return x * y[:, :, None, None]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -441,21 +456,30 @@ class ConvNeXtBlockFCA(ConvNeXtBlock):
         return self.drop_path(x) + self.shortcut(shortcut)
 
 
+_FEATURE_NETS = (FeatureListNet, FeatureHookNet, FeatureGetterNet)
+
+
 def add_fca_to_convnext(model: ConvNeXt, dct_sizes: int | Sequence[int] = CONVNEXT_FCA_DCT_SIZES) -> ConvNeXt:
-    """Replace, in place, every block of a timm ConvNeXt by a :class:`ConvNeXtBlockFCA` (parameter names unchanged,
-    plus ``stages.i.blocks.j.fca.*``). Returns ``model``.
+    """Replace, in place, every block of a timm ConvNeXt (or of a ``features_only`` network timm builds from one) by
+    a :class:`ConvNeXtBlockFCA` (parameter names unchanged, plus ``stages.i.blocks.j.fca.*``). Returns ``model``.
 
     ``dct_sizes``: one DCT size per stage (default the true 224-input sizes 56/28/14/7, so no pooling is needed at
     224), or one int for all stages (7 = the FcaNet maintainer's "just set all to 7"). The FCA linears get ConvNeXt's
     init (truncated normal, std 0.02), as they would inside ConvNeXt's constructor.
     """
-    if not isinstance(model, ConvNeXt):
-        raise TypeError(f"expected a timm ConvNeXt, got {type(model).__name__}")
-    n_stages = len(model.stages)
+    from .steps import stage_modules
+
+    stages = stage_modules(model) if isinstance(model, (ConvNeXt, *_FEATURE_NETS)) else None
+    if stages is None or not any(isinstance(b, ConvNeXtBlock) for st in stages if st is not None
+                                     for b in getattr(st, "blocks", ())):
+        raise TypeError(f"expected a timm ConvNeXt (or its features_only network), got {type(model).__name__}")
+    n_stages = len(stages)
     sizes = (dct_sizes,) * n_stages if isinstance(dct_sizes, int) else tuple(dct_sizes)
     if len(sizes) != n_stages:
         raise ValueError(f"dct_sizes needs one size per stage ({n_stages}), got {dct_sizes!r}")
-    for stage, size in zip(model.stages, sizes):
+    for stage, size in zip(stages, sizes):
+        if stage is None:  # dropped by a features_only network (no requested feature after it)
+            continue
         for j, block in enumerate(stage.blocks):
             new = ConvNeXtBlockFCA.from_block(block, size)
             for layer in new.fca.fc:

@@ -75,12 +75,14 @@ class TDBlock(nn.Module):
         self._rec = self.rec_layers(m)
         self._pre = self.layers[:len(self.layers) - len(self._rec)]
         self._rec_norms = tuple(n for n in self._rec if n in self.norms)
+        ref = next(self.parameters(), None)  # the block's own layers: TD is created on their device, in their dtype
+        dd = {} if ref is None else dict(device=ref.device, dtype=ref.dtype)
         if m and t == 1:
             self.td = None  # one step applies no feedback: no TD parameters that would never receive a gradient
         elif feedback == "attention":
-            self.td = TDAttention(bottom_channels, top_channels, mode=mode, order=order, pool=pool)
+            self.td = TDAttention(bottom_channels, top_channels, mode=mode, order=order, pool=pool, **dd)
         elif feedback == "conv":
-            self.td = ConvFeedback(bottom_channels, top_channels)
+            self.td = ConvFeedback(bottom_channels, top_channels, **dd)
         else:
             self.td = None
         if init is not None and self.td is not None:
@@ -95,7 +97,8 @@ class TDBlock(nn.Module):
         return cls.layers[len(cls.layers) - cls.m_layers[m]:] if m else ()
 
     def ensure_step_norms(self, t: int, zero_init: bool = False) -> None:
-        """Create the per-step norms ``bn{i}_{k}`` for steps k = 1 .. t-1 that do not exist yet."""
+        """Create the per-step norms ``bn{i}_{k}`` for steps k = 1 .. t-1 that do not exist yet (copies of the step-0
+        norm, so on its device and in its dtype)."""
         for k in range(self._n_step_norms + 1, t):
             for name in self._rec_norms:
                 norm = copy.deepcopy(getattr(self, name))

@@ -21,7 +21,7 @@ import torch.nn as nn
 from tdam.validation import check_bool, check_choice
 
 from .blocks import TDBlock, TDInvertedResidual, supported_block_names, td_block_class
-from .steps import StepsMixin, known_stages, steps_class_for
+from .steps import StepsMixin, known_stages, stage_modules, steps_class_for
 from .td import TD_FEEDBACKS, TD_MODES, TD_ORDERS, TD_POOLS
 
 __all__ = ["add_td", "td_option_names", "stage_blocks", "default_td_stages", "convert_blocks"]
@@ -49,11 +49,15 @@ def stage_blocks(stage: nn.Module) -> list[_Slot]:
     return out
 
 
-def _known_stage_list(model: nn.Module) -> list[nn.Module] | None:
-    """The numbered stages of a model whose stages tdam knows (None otherwise)."""
-    if not known_stages(model):
+def _known_stage_list(model: nn.Module) -> list[nn.Module | None] | None:
+    """The numbered stages of a model whose stages tdam knows, also of the ``features_only`` network timm builds
+    from one (where a stage no requested feature needs is dropped: ``None``); None for other models."""
+    if known_stages(model):
+        return steps_class_for(model).stage_list(model)
+    try:
+        return stage_modules(model)
+    except ValueError:
         return None
-    return steps_class_for(model).stage_list(model)
 
 
 def default_td_stages(model: nn.Module, count: int = 2) -> tuple[int, ...]:
@@ -63,7 +67,7 @@ def default_td_stages(model: nn.Module, count: int = 2) -> tuple[int, ...]:
         raise ValueError(f"tdam does not know the stages of {type(model).__name__} (it knows timm ResNet/ConvNeXt/"
                          "MobileNetV3 and torchvision ResNet): name them, e.g. td_stages=['layer3', 'layer4'] or "
                          "['features.5']")
-    with_blocks = [i + 1 for i, s in enumerate(stages) if stage_blocks(s)]
+    with_blocks = [i + 1 for i, s in enumerate(stages) if s is not None and stage_blocks(s)]
     if not with_blocks:
         raise ValueError(f"{type(model).__name__} has no supported blocks; TD blocks exist for "
                          f"{supported_block_names()}")
@@ -75,7 +79,7 @@ def _stage_names(model: nn.Module, stages: list[nn.Module] | None) -> list[str]:
     if stages is None:
         return [n for n, _ in model.named_children()]
     name_of = {id(m): n for n, m in model.named_modules()}
-    return [name_of[id(s)] for s in stages if id(s) in name_of]
+    return [name_of[id(s)] for s in stages if s is not None and id(s) in name_of]
 
 
 def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, list[_Slot]]:
@@ -96,6 +100,8 @@ def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, li
                                  f"td_stages={td_stages!r}: {type(model).__name__}'s stages have no numbers in tdam "
                                  f"(it knows timm ResNet/ConvNeXt/MobileNetV3 and torchvision ResNet); {hint}")
             module = stages[s - 1]
+            if module is None:       # dropped from a features_only network: no requested feature needs it
+                continue
         elif isinstance(s, str):
             try:
                 module = model.get_submodule(s)
@@ -109,17 +115,19 @@ def _resolve(model: nn.Module, td_stages: Any, td_blocks: Any) -> dict[Stage, li
             slots = [(model.get_submodule(parent), leaf, module)]
         if not slots:
             kinds = sorted({type(c).__name__ for c in module.children()}) or [type(module).__name__]
-            ok = [i + 1 for i, st in enumerate(stages or []) if stage_blocks(st)]
+            ok = [i + 1 for i, st in enumerate(stages or []) if st is not None and stage_blocks(st)]
             where = f"; stages with supported blocks: {ok}" if ok else ""
             raise ValueError(f"stage {s!r} holds no block TD supports (it holds {kinds}); TD blocks exist for "
                              f"{supported_block_names()}{where}")
         out[s] = slots
     # keys as in td_stages; digit strings (YAML/JSON keys) are stage numbers
     td_blocks = {int(k) if isinstance(k, str) and k.isdigit() else k: tuple(v) for k, v in (td_blocks or {}).items()}
-    extra = [k for k in td_blocks if k not in out]
+    extra = [k for k in td_blocks if k not in chosen]
     if extra:
         raise ValueError(f"td_blocks names stages {extra} that are not in td_stages={list(chosen)}")
     for s, idx in td_blocks.items():
+        if s not in out:             # a stage dropped from a features_only network
+            continue
         nb = len(out[s])
         bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < nb]
         if bad:

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping
 import timm
 import torch
 import torch.nn as nn
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, load_pretrained, register_model, resolve_pretrained_cfg
+from timm.models._builder import _resolve_pretrained_source, pretrained_cfg_for_features
 from timm.models.convnext import ConvNeXt
 from timm.models.mobilenetv3 import MobileNetV3
 from timm.models.resnet import ResNet
@@ -27,9 +28,9 @@ from tdam.validation import check_choice
 
 from .blocks import TDBlock
 from .convert import _resolve, convert_blocks, default_td_stages
-from .steps import _blocks, steps_class_for
+from .steps import StepsMixin, _blocks, stage_modules, steps_class_for
 
-__all__ = ["create_model", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names",
+__all__ = ["create_model", "ModelOptionError", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names",
            "MODEL_OPTIONS", "ARCHS", "ATTENTIONS", "PLAIN_ALIASES", "TD_DEFAULTS", "TD_OPTION_DEFAULTS"]
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
@@ -102,14 +103,19 @@ def _add_td(model: nn.Module, arch: str, *, td_stages, td_blocks, **opts: Any) -
 def _strip_attention(model: nn.Module, attn_stages: Iterable[int]) -> None:
     """Keep the baseline attention (``block.se``) only in the given 1-based stages (Table 2's "SE(L3+4)")."""
     keep = set(attn_stages)
-    stages = model.stage_list()
+    stages = stage_modules(model)
     bad = [s for s in keep if not isinstance(s, int) or not 1 <= s <= len(stages)]
     if bad:
         raise ValueError(f"attn_stages has invalid stages {bad}; use numbers in 1..{len(stages)}")
     for i, stage in enumerate(stages, 1):
-        if i not in keep:
+        if i not in keep and stage is not None:
             for block in _blocks(stage):
                 block.se = None
+
+
+class ModelOptionError(ValueError, TypeError):
+    """An option neither create_model nor timm's model knows, or one of the wrong type: a ValueError for tdam's
+    callers and the TypeError timm's own ``create_model`` raises for unknown model arguments."""
 
 
 def create_model(
@@ -159,8 +165,12 @@ def create_model(
         pretrained: must be False: no downloads; load weights with ``tdam.load_checkpoint``.
         **timm_kwargs: passed to timm's model (``drop_rate``, ``drop_path_rate``, ``global_pool``, ...).
 
+    timm's ``features_only=True`` (with ``out_indices``, ``output_stride``, ``feature_cls``), ``device`` and ``dtype``
+    apply to the whole model, TD parts included; a features_only network has no step-wise methods (no logits).
+
     Raises:
-        ValueError: for any invalid choice, naming the valid ones.
+        ValueError: for any invalid choice, naming the valid ones (ModelOptionError, also a TypeError, for an unknown
+            model option).
     """
     _check_arch(arch, attention)
     if pretrained:
@@ -190,9 +200,10 @@ def create_model(
     try:
         model = timm.create_model(arch, pretrained=False, **base_kwargs)
     except TypeError as e:  # an option neither create_model nor timm's model knows, or one of the wrong type
-        raise ValueError(f"{arch}: {e}; valid model options are {model_option_names(arch)}") from None
-    _check_family(model, arch)
-    model.__class__ = steps_class_for(model)  # timm's class + step-wise evaluation methods (adds no state)
+        raise ModelOptionError(f"{arch}: {e}; valid model options are {model_option_names(arch)}") from None
+    if not base_kwargs.get("features_only"):     # a features_only network has no logits to step
+        _check_family(model, arch)
+        model.__class__ = steps_class_for(model)  # timm's class + step-wise evaluation methods (adds no state)
 
     if attention == "fca" and arch == "convnext_tiny":
         from .attention import add_fca_to_convnext
@@ -205,7 +216,8 @@ def create_model(
         _add_td(model, arch, **td, td_stages=td_stages, td_blocks=td_blocks,
                 td_zero_init_step_norms=bool(td_zero_init_step_norms), td_keep_se=bool(td_keep_se))
 
-    config = dict(arch=arch, attention=attention, num_classes=num_classes, **td_given, **timm_kwargs)
+    config = dict(arch=arch, attention=attention, num_classes=num_classes, **td_given,
+                  **{k: v for k, v in timm_kwargs.items() if k not in _PLACEMENT_KWARGS})
     for key, value in (("attn_stages", attn_stages), ("eca_kernels", eca_kernels)):
         if value is not None:
             config[key] = value
@@ -215,6 +227,7 @@ def create_model(
         config["td_blocks"] = {int(k) if isinstance(k, int) or str(k).isdigit() else k: list(v)
                                for k, v in config["td_blocks"].items()}
     model.model_config = config
+    _describe_for_timm(model, config)
     return model
 
 
@@ -279,26 +292,69 @@ def is_td_model(model: nn.Module) -> bool:
 # timm registry entries: td_<arch> and the official baselines <attn>_<arch>, e.g. timm.create_model('td_resnet50').
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
+    """timm's pretrained_cfg fields for the paper's ImageNet protocol: train and test at 224 px, resize to 256 and
+    center-crop 224 (crop_pct 0.875), ImageNet mean/std. ``url`` is empty: tdam publishes no weights."""
     return dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-                interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **kwargs)
+                interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                test_input_size=(3, 224, 224), test_crop_pct=0.875, license="mit", **kwargs)
 
 
 _RESNET_CFG = dict(first_conv="conv1", classifier="fc")
-default_cfgs = generate_default_cfgs({
+# Tag 'untrained' (timm's tag for a config without weights): ``timm.create_model('td_resnet50')`` resolves to it.
+default_cfgs = generate_default_cfgs({f"{name}.untrained": cfg for name, cfg in {
     **{f"td_{a}": _cfg(**_RESNET_CFG) for a in ARCHS if a.startswith("resnet")},
     **{f"{att}_{a}": _cfg(**_RESNET_CFG) for att in ("se", "cbam", "eca", "fca") for a in ARCHS
        if a.startswith("resnet")},
     "td_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
     "fca_convnext_tiny": _cfg(first_conv="stem.0", classifier="head.fc"),
     "td_mobilenetv3_large_100": _cfg(first_conv="conv_stem", classifier="classifier"),
-})
+}.items()})
+
+
+def _describe_for_timm(model: nn.Module, config: Mapping[str, Any]) -> None:
+    """What timm's tools read from a model built by :func:`create_model`: ``pretrained_cfg`` (the registered name's
+    config, so ``architecture`` names the tdam model, not timm's base arch) and ``_model_args`` (the options that
+    rebuild it; timm.create_model adds the keywords it was called with, and ``save_for_hf`` writes them to
+    ``config.json``)."""
+    name = f"{config['attention']}_{config['arch']}"
+    if config["attention"] is not None and name in default_cfgs:
+        cfg = resolve_pretrained_cfg(name).to_dict()
+        features = not isinstance(model, StepsMixin)      # a features_only network (timm's wrapper)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(cfg) if features else cfg
+    # timm's own build recorded the base model's keywords (e.g. a baseline's attn_layer object, not JSON): replace
+    # them by create_model's options, minus what the registered name already fixes
+    model._model_args = {k: v for k, v in canonical_model(config).items() if k not in ("arch", "attention")}
+
+
+_PLACEMENT_KWARGS = ("device", "dtype")  # runtime placement: not part of the model description
+_LOCAL_SOURCES = ("file", "local-dir")  # timm's weight sources that need no network
 
 
 def _entry(arch: str, attention: str, pretrained: bool, kwargs: dict) -> nn.Module:
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    model = create_model(arch, attention=attention, pretrained=pretrained, **kwargs)
-    model.pretrained_cfg = model.default_cfg = default_cfgs[f"{attention}_{arch}"].default.to_dict()
+    """Build a registered model for ``timm.create_model``. ``pretrained=True`` loads weights only from a local source:
+    a folder written by ``timm.models.save_for_hf`` (``timm.create_model('local-dir:<folder>', pretrained=True)``)
+    or ``pretrained_cfg_overlay=dict(file=<path>)``; tdam never downloads."""
+    name = f"{attention}_{arch}"
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg=kwargs.pop("pretrained_cfg", None),
+                                 pretrained_cfg_overlay=kwargs.pop("pretrained_cfg_overlay", None)).to_dict()
+    kwargs.pop("cache_dir", None)
+    source_args = kwargs.pop("pretrained_model_args", None) or {}
+    features = bool(kwargs.get("features_only"))
+    if pretrained:
+        source = _resolve_pretrained_source(cfg)[0]
+        if source not in _LOCAL_SOURCES:
+            raise ValueError(f"pretrained=True for {name}: tdam publishes no weights and never downloads; load a local "
+                             "folder saved by timm.models.save_for_hf with timm.create_model('local-dir:<folder>', "
+                             "pretrained=True), or a checkpoint with tdam.load_checkpoint(model, path)")
+        if features:
+            raise ValueError("pretrained=True with features_only=True: build the classifier from the local weights, "
+                             "then take its features (model.forward_intermediates or timm's FeatureListNet)")
+    model = create_model(arch, attention=attention, **kwargs)
+    model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(cfg) if features else cfg
+    model.pretrained_model_args = dict(source_args)
+    if pretrained:
+        load_pretrained(model, pretrained_cfg=cfg, num_classes=model.num_classes,
+                        in_chans=kwargs.get("in_chans", 3), strict=True)
     return model
 
 

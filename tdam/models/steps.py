@@ -22,7 +22,7 @@ from torchvision.models import resnet as tv_resnet
 from .blocks import TDBlock
 
 __all__ = ["StepsMixin", "NamedStagesMixin", "TDResNet", "TDConvNeXt", "TDMobileNetV3", "TDTorchvisionResNet",
-           "steps_class_for", "known_stages"]
+           "steps_class_for", "known_stages", "stage_modules"]
 
 
 def _blocks(stage: nn.Module) -> nn.Module:
@@ -33,6 +33,24 @@ def _blocks(stage: nn.Module) -> nn.Module:
 def _td_blocks_in(stage: nn.Module) -> list[TDBlock]:
     """The TD blocks inside a stage, in order (also a single named block or a module that holds blocks deeper)."""
     return [b for b in stage.modules() if isinstance(b, TDBlock)]
+
+
+def stage_modules(model: nn.Module) -> list[nn.Module | None]:
+    """The stages in order (stage number = index + 1) of a classifier or of the ``features_only`` network timm builds
+    from it (FeatureListNet, FeatureHookNet, FeatureGetterNet, MobileNetV3Features). A stage that a feature network
+    dropped because no requested feature comes after it (``out_indices``) is ``None``."""
+    children = model._modules
+    if len(children) == 1 and ("body" in children or "model" in children):  # FeatureHookNet / FeatureGetterNet
+        return stage_modules(next(iter(children.values())))
+    if "layer1" in children:  # ResNet
+        return [children.get(f"layer{i}") for i in range(1, 5)]
+    if "stages" in children:  # ConvNeXt
+        return list(children["stages"])
+    if "stages_0" in children:  # ConvNeXt (4 stages) flattened by a feature network
+        return [children.get(f"stages_{i}") for i in range(4)]
+    if "blocks" in children:  # MobileNetV3 / MobileNetV3Features
+        return list(children["blocks"])
+    raise ValueError(f"no stages found in {type(model).__name__}")
 
 
 class StepsMixin:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 from tdam.validation import check_choice
 
@@ -28,8 +29,8 @@ TD_POOLS = ("avg", "max", "avg+max")
 TD_FEEDBACKS = ("attention", "identity", "conv")
 
 
-def _conv1x1(cin: int, cout: int) -> nn.Conv2d:
-    conv = nn.Conv2d(cin, cout, 1, bias=False)
+def _conv1x1(cin: int, cout: int, **dd) -> nn.Conv2d:
+    conv = nn.Conv2d(cin, cout, 1, bias=False, **dd)
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
 
@@ -55,8 +56,13 @@ class _GlobalAvgPool(torch.autograd.Function):
         return (grad / (h * w))[:, :, None, None].expand(n, c, h, w).contiguous(memory_format=fmt)
 
 
+def _global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3))`` with the memory-format-keeping gradient of :class:`_GlobalAvgPool`."""
+    return _GlobalAvgPool.apply(x)
+
+
 def _pool(x: torch.Tensor, how: str) -> torch.Tensor:
-    return _GlobalAvgPool.apply(x) if how == "avg" else x.amax((2, 3))
+    return _global_avg_pool(x) if how == "avg" else x.amax((2, 3))
 
 
 def _spatial_logits(b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -72,6 +78,15 @@ def _spatial_logits(b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (b * w[:, :, None, None]).sum(1, keepdim=True)
 
 
+# FX symbolic tracing (torchvision's create_feature_extractor, timm's fx features) cannot enter an autograd Function or
+# branch on a tensor's layout: both functions stay single call nodes of the traced graph (torch.fx.wrap serves every
+# tracer, timm's list serves the tracer timm builds). torch.export and ONNX trace through them as usual.
+torch.fx.wrap("_global_avg_pool")
+torch.fx.wrap("_spatial_logits")
+register_notrace_function(_global_avg_pool)
+register_notrace_function(_spatial_logits)
+
+
 class TDAttention(nn.Module):
     """Top-down attention: modulates a bottom map ``B`` with a searchlight computed from the top map ``T``.
 
@@ -84,6 +99,7 @@ class TDAttention(nn.Module):
             (both gates from the unmodulated ``B``). In ``spatial_channel`` the channel gate is computed after the
             spatial gate, so in ``joint``/``additive`` modes the bottom is re-pooled from the spatially gated map.
         pool: ``'avg'`` (default), ``'max'`` or ``'avg+max'`` (the searchlight is computed per pooling and summed).
+        device, dtype: where and in which dtype the MLP weights are created (timm's factory keywords).
     """
 
     def __init__(
@@ -94,8 +110,12 @@ class TDAttention(nn.Module):
             order: str = "channel_spatial",
             pool: str = "avg",
             reduction: int = 16,
+            *,
+            device=None,
+            dtype=None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         check_choice("td_mode", mode, TD_MODES)
         check_choice("td_order", order, TD_ORDERS)
         check_choice("td_pool", pool, TD_POOLS)
@@ -105,12 +125,12 @@ class TDAttention(nn.Module):
         self.mode, self.order, self.pool = mode, order, pool
         self.pools = ("avg", "max") if pool == "avg+max" else (pool,)
         if mode == "top":
-            self.fc1 = _conv1x1(top_channels, rd)
-            self.fc2 = _conv1x1(rd, bottom_channels)
+            self.fc1 = _conv1x1(top_channels, rd, **dd)
+            self.fc2 = _conv1x1(rd, bottom_channels, **dd)
         else:
-            self.fc_top = _conv1x1(top_channels, rd)
-            self.fc_bottom = _conv1x1(bottom_channels, rd)
-            self.fc_out = _conv1x1(2 * rd if mode == "joint" else rd, bottom_channels)
+            self.fc_top = _conv1x1(top_channels, rd, **dd)
+            self.fc_bottom = _conv1x1(bottom_channels, rd, **dd)
+            self.fc_out = _conv1x1(2 * rd if mode == "joint" else rd, bottom_channels, **dd)
 
     def _searchlight1(self, pb: torch.Tensor | None, pt: torch.Tensor) -> torch.Tensor:
         if self.mode == "top":
@@ -152,9 +172,9 @@ class TDAttention(nn.Module):
 class ConvFeedback(nn.Module):
     """The ``'conv'`` feedback of the ablation table: ``B_{k+1} = conv1x1(T_k)`` (Ct -> Cb, no bias)."""
 
-    def __init__(self, bottom_channels: int, top_channels: int) -> None:
+    def __init__(self, bottom_channels: int, top_channels: int, *, device=None, dtype=None) -> None:
         super().__init__()
-        self.conv = _conv1x1(top_channels, bottom_channels)
+        self.conv = _conv1x1(top_channels, bottom_channels, device=device, dtype=dtype)
 
     def forward(self, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.conv(t)
