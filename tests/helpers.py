@@ -33,3 +33,26 @@ def ref_iou(a, b) -> float:
     def area(r):
         return (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
     return inter / (area(a) + area(b) - inter)
+
+
+def spawn_ranks(fn, world: int, *args) -> None:
+    """Run ``fn(world, *args)`` in ``world`` spawned processes that form one gloo process group on this machine
+    (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set as torchrun sets them, one torch thread each). ``fn`` must be a
+    module-level function (spawn pickles it by name)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rank_entry, args=(fn, world, port, args), nprocs=world, join=True, start_method="spawn")
+
+
+def _rank_entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    fn(world, *args)

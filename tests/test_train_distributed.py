@@ -8,15 +8,13 @@ arithmetic. Inputs are a fixed tensor dataset (no random augmentation, whose dra
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 from tdam.checkpoint import read_checkpoint
 from tdam.train import load_config, train
+from helpers import spawn_ranks
 
 K, B = 3, 8
 
@@ -38,26 +36,15 @@ def _cfg(name: str, batch_size: int, runs: str):
                        output_dir=f"{runs}/{name}", seed=3)
 
 
-def _worker(rank: int, world: int, port: int, runs: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _train_rank(world: int, runs: str) -> None:
     res = train(_cfg("ddp", B // world, runs), datasets=_datasets())
     assert not res.interrupted
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.drill
 def test_two_gloo_processes_equal_one_process(tmp_path):
     runs = str(tmp_path)
-    mp.start_processes(_worker, args=(2, _free_port(), runs), nprocs=2, join=True, start_method="spawn")
+    spawn_ranks(_train_rank, 2, runs)
     single = train(_cfg("single", B, runs), datasets=_datasets())
     a, b = read_checkpoint(single.last_checkpoint), read_checkpoint(tmp_path / "ddp" / "last.pth")
     assert a["step"] == b["step"] == K and b["world_size"] == 2 and len(b["rng"]) == 2

@@ -17,7 +17,8 @@ import tdam
 from tdam.checkpoint import read_checkpoint
 from tdam.train import ClassificationTask, load_config, train
 
-from test_train_distributed import _datasets, _free_port
+from helpers import spawn_ranks
+from test_train_distributed import _datasets
 from test_train_engine import REF, assert_same_run, tiny_cfg
 
 NUM_CLASSES, SMOOTHING = 5, 0.1
@@ -121,22 +122,15 @@ def _ddp_cfg(name: str, batch_size: int, runs: str):
                        output_dir=f"{runs}/{name}", seed=3, train_on="most_confident")
 
 
-def _ddp_worker(rank: int, world: int, port: int, runs: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _train_rank(world: int, runs: str) -> None:
     assert not train(_ddp_cfg("ddp", B // world, runs), datasets=_datasets()).interrupted
 
 
 @pytest.mark.drill
 def test_two_gloo_processes_equal_one_process_with_most_confident(tmp_path):
     """As tests/test_train_distributed.py (TD-ConvNeXt-T: LayerNorm, so samples are independent), option on."""
-    import torch.multiprocessing as mp
-
     runs = str(tmp_path)
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), runs), nprocs=2, join=True, start_method="spawn")
+    spawn_ranks(_train_rank, 2, runs)
     single = train(_ddp_cfg("single", B, runs), datasets=_datasets())
     a, b = read_checkpoint(single.last_checkpoint), read_checkpoint(tmp_path / "ddp" / "last.pth")
     assert a["step"] == b["step"] == K and b["world_size"] == 2

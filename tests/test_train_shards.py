@@ -6,14 +6,12 @@ resume from shards drops exactly the batches the checkpoint had consumed.
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tdam.checkpoint import read_checkpoint
 from tdam.train import load_config, train
+from helpers import spawn_ranks
 
 pytest.importorskip("webdataset", reason="the shards extra (pip install tdam[shards]) is part of the test install")
 pytest.importorskip("pyarrow", reason="the shards extra (pip install tdam[shards]) is part of the test install")
@@ -25,26 +23,15 @@ def _cfg(dataset: str, out: str, **kw):
     return load_config(None, **{**base, **kw})
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _train_rank(world: int, out: str) -> None:
     res = train(_cfg("imagenet_wds", out, steps_per_epoch=3))
     assert not res.interrupted
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.drill
 def test_one_epoch_from_shards_under_two_gloo_processes(tmp_path, shapes_tiny):
     out = str(tmp_path / "ddp")
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, join=True, start_method="spawn")
+    spawn_ranks(_train_rank, 2, out)
     ck = read_checkpoint(tmp_path / "ddp" / "last.pth")
     assert ck["world_size"] == 2 and ck["step"] == 3 and ck["epoch"] == 1
     hist = ck["metrics"]["history"][0]

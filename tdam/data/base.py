@@ -130,10 +130,13 @@ class ImageDataset(Dataset):
         t = self.samples[i][1]
         return t.clone() if isinstance(t, torch.Tensor) else t
 
+    def _load(self, i: int) -> Image.Image:
+        """Image ``i`` as RGB (raises :class:`BadImageError` naming it when it cannot be decoded)."""
+        return load_rgb(self.samples[i][0])
+
     def __getitem__(self, i: int):
-        path = self.samples[i][0]
         try:
-            img = load_rgb(path)
+            img = self._load(i)
         except BadImageError as e:
             if self.on_bad_image == "raise":
                 raise

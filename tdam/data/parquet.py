@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .base import BadSample, ImageDataset, boxes_tensor
+from .base import ImageDataset, boxes_tensor
 from .convert import SPLIT_NAMES, require
 from .errors import BadImageError, layout_error
 
@@ -132,28 +132,13 @@ class ImageNetParquetDataset(ImageDataset):
         g, r = self._locate(i)
         return self._group(g)[r], self.samples[i][0]
 
-    def _decode(self, i: int):
+    def _load(self, i: int) -> Image.Image:
         data, name = self._image_bytes(i)
         try:
             with Image.open(io.BytesIO(data)) as im:
                 return im.convert("RGB")
         except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as e:
             raise BadImageError(name, e) from e
-
-    def __getitem__(self, i: int):
-        try:
-            img = self._decode(i)
-        except BadImageError as e:
-            if self.on_bad_image == "raise":
-                raise
-            self.bad_images.append(e.path)
-            return BadSample(e.path, i)
-        if self.transform is not None:
-            img = self.transform(img)
-        target = self._target(i)
-        if self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
 
     def path(self, i: int) -> str:
         """``<parquet file>:<image path>`` of image ``i`` (the row number where the file has no path)."""
