@@ -1,5 +1,7 @@
-"""Every committed notebook: stored without outputs, kernel `python3`, a `parameters`-tagged first code cell of flat
-literals (papermill injects after it; nbval runs the stored defaults)."""
+"""Notebook hygiene, for every committed notebook: stored without outputs, kernel `python3`, a `parameters`-tagged
+first code cell of flat literals that papermill reads in full (it injects after it; nbval runs the stored defaults),
+the next cell validating them through the library, and thin: no function, class or lambda in any cell (the logic lives
+in the package)."""
 from __future__ import annotations
 
 import ast
@@ -57,3 +59,19 @@ def test_papermill_reads_every_parameter(path):
     tree = ast.parse(cell.source)
     seen = [p.name for p in PythonTranslator().inspect(cell)]
     assert seen == [t.id for s in tree.body for t in s.targets], f"{path.name}: papermill reads only {seen}"
+
+
+# the call that validates a notebook's parameters, in the cell right after them
+_VALIDATES = {"01_train_imagenet": "tdam.train.load_config(", "07_transfer": "tdam.transfer.TransferNotebookParams("}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_validated_next_and_no_logic_in_cells(path):
+    nb = _load(path)
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    call = _VALIDATES.get(path.stem, f'nb.parameters("{path.stem}", globals())')
+    assert call in code[1], f"{path.name}: the cell after the parameters must validate them with {call}"
+    for i, source in enumerate(code):
+        defs = [type(n).__name__ for n in ast.walk(ast.parse(source))
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, f"{path.name}: code cell {i} defines {defs}; put the logic in the tdam package"

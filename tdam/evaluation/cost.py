@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from tdam.reference import model_key
 
-__all__ = ["device_name", "measure_speed", "size_table", "speed_table", "cost_scaling"]
+__all__ = ["device_name", "measure_speed", "size_table", "speed_table", "cost_scaling", "td_cost_scaling"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _MODES = ("inference", "train")
@@ -234,3 +234,17 @@ def cost_scaling(
         row.update({k: rec[k] for k in ("device", "dtype", "batch", "img_size", "memory_format", "repeats")})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def td_cost_scaling(arch: str, *, t_values: Sequence[int], batch_values: Sequence[int],
+                    resolution_values: Sequence[int], speed: Mapping) -> dict[str, pd.DataFrame]:
+    """How a TD model's cost grows (notebook 03): against ``t`` (FLOPs, inference and training speed), against the
+    batch size (speed) and against the resolution (FLOPs, inference speed); knob -> :func:`cost_scaling` table."""
+    import tdam
+
+    td = tdam.create_model(arch, attention="td")
+    return {"t": cost_scaling(lambda t: tdam.create_model(arch, attention="td", t=t), t_values, vary="t",
+                              speed=speed, modes=("inference", "train")),
+            "batch": cost_scaling(lambda _: td, batch_values, vary="batch", speed=speed, flops=False),
+            "img_size": cost_scaling(lambda _: td, resolution_values, vary="img_size", speed=speed,
+                                     modes=("inference",))}
