@@ -49,3 +49,12 @@ def shapes_tiny():
     from tdam.data import make_shapes_dataset
 
     return make_shapes_dataset(size="tiny")
+
+
+@pytest.fixture(scope="session")
+def fresh_shapes_tiny(tmp_path_factory):
+    """The tiny embedded dataset generated anew in this session's temporary folder: the data tests check what the
+    generator writes now, not a cached copy."""
+    from tdam.data import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.getbasetemp() / "shapes-tiny-s0", seed=0, size="tiny")

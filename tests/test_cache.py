@@ -15,7 +15,7 @@ import torch
 from tdam.checkpoint import read_checkpoint, save_checkpoint
 from tdam.paths import repo_root
 from tdam.train import load_config
-from tdam.train.cache import run_result, train_or_reuse
+from tdam.train.cache import train_or_reuse
 
 TINY = dict(data_size="tiny", img_size=32, batch_size=16, epochs=1, steps_per_epoch=2, val_batches=1,
             progress=False)

@@ -15,23 +15,17 @@ from tdam.data import render as R
 
 
 
-@pytest.fixture(scope="module")
-def shapes_tiny(tmp_path_factory):
-    # one folder per session: make_shapes_dataset's cache makes every other test module reuse it
-    return make_shapes_dataset(tmp_path_factory.getbasetemp() / "shapes-tiny-s0", seed=0, size="tiny")
-
-
 def tree_hash(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_identical_files_different_seed_differs(shapes_tiny, tmp_path):
+def test_same_seed_identical_files_different_seed_differs(fresh_shapes_tiny, tmp_path):
     t0 = time.perf_counter()
     again = make_shapes_dataset(tmp_path / "again", seed=0, size="tiny")
     seconds = time.perf_counter() - t0
     other = make_shapes_dataset(tmp_path / "other", seed=1, size="tiny")
-    h0, h_again, h1 = tree_hash(shapes_tiny), tree_hash(again), tree_hash(other)
+    h0, h_again, h1 = tree_hash(fresh_shapes_tiny), tree_hash(again), tree_hash(other)
     assert len(h0) > 300 and h0 == h_again  # byte-identical, every file
     jpegs = [k for k in h0 if k.lower().endswith((".jpeg", ".jpg"))]
     assert sorted(k for k in h1 if k.lower().endswith((".jpeg", ".jpg"))) != [] and \
@@ -40,16 +34,16 @@ def test_same_seed_identical_files_different_seed_differs(shapes_tiny, tmp_path)
     assert seconds < 15.0  # "a few seconds" (about 1-2 s on an idle core; generous for a loaded CI box)
 
 
-def test_cached_and_marker(shapes_tiny):
-    marker = json.loads((shapes_tiny / shapes.MARKER).read_text())
+def test_cached_and_marker(fresh_shapes_tiny):
+    marker = json.loads((fresh_shapes_tiny / shapes.MARKER).read_text())
     assert marker == {"generator": "tdam-shapes", "version": shapes.GENERATOR_VERSION, "seed": 0, "size": "tiny"}
-    before = (shapes_tiny / "manifest.json").stat().st_mtime_ns
+    before = (fresh_shapes_tiny / "manifest.json").stat().st_mtime_ns
     t0 = time.perf_counter()
-    assert make_shapes_dataset(shapes_tiny, seed=0, size="tiny") == shapes_tiny
+    assert make_shapes_dataset(fresh_shapes_tiny, seed=0, size="tiny") == fresh_shapes_tiny
     assert time.perf_counter() - t0 < 0.5
-    assert (shapes_tiny / "manifest.json").stat().st_mtime_ns == before
+    assert (fresh_shapes_tiny / "manifest.json").stat().st_mtime_ns == before
     with pytest.raises(ValueError, match="seed=0 size='tiny'"):
-        make_shapes_dataset(shapes_tiny, seed=3, size="tiny")
+        make_shapes_dataset(fresh_shapes_tiny, seed=3, size="tiny")
 
 
 def test_bad_arguments_and_foreign_folder(tmp_path):
@@ -82,8 +76,8 @@ def test_default_root_uses_cache_dir_and_stale_temps_are_removed(monkeypatch, tm
     assert not stale.exists() and (tmp_path / "shapes-tiny-s5" / shapes.MARKER).is_file()
 
 
-def test_two_object_fraction_and_ilsvrc_semantics(shapes_tiny):
-    side = json.loads((shapes_tiny / "imagenet" / "shapes_objects.json").read_text())["splits"]
+def test_two_object_fraction_and_ilsvrc_semantics(fresh_shapes_tiny):
+    side = json.loads((fresh_shapes_tiny / "imagenet" / "shapes_objects.json").read_text())["splits"]
     objs = [o for split in side.values() for o in split.values()]
     two = np.mean([len(o) == 2 for o in objs])
     assert 0.12 < two < 0.40, two  # ~25 % of images hold a second object
@@ -91,13 +85,13 @@ def test_two_object_fraction_and_ilsvrc_semantics(shapes_tiny):
         assert o[0]["primary"] and all(not x["primary"] for x in o[1:])
         if len(o) == 2:
             assert o[0]["label"] != o[1]["label"]  # the second object is of a different class
-    man = json.loads((shapes_tiny / "manifest.json").read_text())["imagenet"]
+    man = json.loads((fresh_shapes_tiny / "manifest.json").read_text())["imagenet"]
     for rec in man["splits"]["val"]:  # val XML boxes = the objects of the image's class only
         assert rec["boxes"] == [o["box"] for o in rec["objects"] if o["label"] == rec["label"]]
 
 
-def test_v2_is_shifted(shapes_tiny):
-    man = json.loads((shapes_tiny / "manifest.json").read_text())
+def test_v2_is_shifted(fresh_shapes_tiny):
+    man = json.loads((fresh_shapes_tiny / "manifest.json").read_text())
 
     def rel_area(recs):
         return np.mean([(o["box"][2] - o["box"][0] + 1) * (o["box"][3] - o["box"][1] + 1) / (r["width"] * r["height"])

@@ -12,13 +12,8 @@ import torch
 from PIL import Image
 
 from tdam.data import (BadImageError, BadSample, CountingDataLoader, DatasetLayoutError, Geometry, build_dataset,
-                       build_transform, collate_drop_bad, eval_geometry, make_shapes_dataset, map_boxes, shapes_root)
+                       build_transform, collate_drop_bad, eval_geometry, map_boxes, shapes_root)
 from tdam.data.transforms import CutoutPIL
-
-
-@pytest.fixture(scope="module")
-def shapes_tiny(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.getbasetemp() / "shapes-tiny-s0", seed=0, size="tiny")
 
 
 # ----------------------------------------------------------------------------------------------- box mapping
@@ -128,34 +123,34 @@ def test_wsdan_and_asl_presets_shapes_and_normalisation():
 
 
 # ----------------------------------------------------------------------------------------------- bad input
-def test_missing_root_and_wrong_layout(tmp_path, shapes_tiny):
+def test_missing_root_and_wrong_layout(tmp_path, fresh_shapes_tiny):
     with pytest.raises(DatasetLayoutError, match=r"(?s)does not exist: .*nowhere.*Expected layout.*train/<wnid>"):
         build_dataset("imagenet", tmp_path / "nowhere", "train")
     with pytest.raises(FileNotFoundError):  # DatasetLayoutError is both a FileNotFoundError and a ValueError
         build_dataset("cub200", tmp_path / "nowhere", "train")
     with pytest.raises(DatasetLayoutError, match="whole tdam-shapes folder.*imagenet"):
-        build_dataset("imagenet", shapes_tiny, "train")
+        build_dataset("imagenet", fresh_shapes_tiny, "train")
     # pointing at another dataset's folder
     with pytest.raises(ValueError, match=r"(?s)missing 'train/' folder: .*imagenet_v2.*Expected layout"):
-        build_dataset("imagenet", shapes_tiny / "imagenet_v2", "train")
+        build_dataset("imagenet", fresh_shapes_tiny / "imagenet_v2", "train")
     flat = tmp_path / "flat"
     (flat / "val").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(flat / "val" / "ILSVRC2012_val_00000001.JPEG")
     with pytest.raises(DatasetLayoutError, match="flat ILSVRC val"):
         build_dataset("imagenet", flat, "val")
     with pytest.raises(DatasetLayoutError, match=r"(?s)variant folder 'imagenetv2-top-images-format-val'"):
-        build_dataset("imagenet_v2", shapes_tiny / "imagenet", "test", variant="top-images")
+        build_dataset("imagenet_v2", fresh_shapes_tiny / "imagenet", "test", variant="top-images")
 
 
-def test_missing_annotation_files(tmp_path, shapes_tiny):
+def test_missing_annotation_files(tmp_path, fresh_shapes_tiny):
     coco = tmp_path / "coco2014"
-    shutil.copytree(shapes_tiny / "coco2014" / "annotations", coco / "annotations")
+    shutil.copytree(fresh_shapes_tiny / "coco2014" / "annotations", coco / "annotations")
     (coco / "val2014").mkdir()
     (coco / "annotations" / "instances_val2014.json").unlink()
     with pytest.raises(DatasetLayoutError, match=r"(?s)missing annotation file .*instances_val2014.json.*Expected"):
         build_dataset("coco2014", coco, "val")
     cub = tmp_path / "CUB_200_2011"
-    shutil.copytree(shapes_root(shapes_tiny, "cub200"), cub, ignore=shutil.ignore_patterns("*.jpg"))
+    shutil.copytree(shapes_root(fresh_shapes_tiny, "cub200"), cub, ignore=shutil.ignore_patterns("*.jpg"))
     (cub / "bounding_boxes.txt").unlink()
     ds = build_dataset("cub200", cub, "test")  # boxes are optional until asked for
     with pytest.raises(DatasetLayoutError, match=r"(?s)missing 'bounding_boxes.txt': .*CUB_200_2011"):
@@ -164,7 +159,7 @@ def test_missing_annotation_files(tmp_path, shapes_tiny):
     with pytest.raises(DatasetLayoutError, match=r"(?s)missing 'train_test_split.txt'.*image_class_labels.txt"):
         build_dataset("cub200", cub, "train")
     inet = tmp_path / "imagenet"
-    shutil.copytree(shapes_tiny / "imagenet", inet)
+    shutil.copytree(fresh_shapes_tiny / "imagenet", inet)
     victim = sorted((inet / "val_boxes").iterdir())[0]
     victim.unlink()
     ds = build_dataset("imagenet", inet, "val")
@@ -173,9 +168,9 @@ def test_missing_annotation_files(tmp_path, shapes_tiny):
         ds.boxes(i)
 
 
-def test_corrupt_jpeg_raises_or_is_skipped_and_counted(tmp_path, shapes_tiny, caplog):
+def test_corrupt_jpeg_raises_or_is_skipped_and_counted(tmp_path, fresh_shapes_tiny, caplog):
     root = tmp_path / "imagenet"
-    shutil.copytree(shapes_tiny / "imagenet", root)
+    shutil.copytree(fresh_shapes_tiny / "imagenet", root)
     ds = build_dataset("imagenet", root, "val", build_transform(False, 64))
     bad_path = ds.samples[3][0]
     data = Path(bad_path).read_bytes()
@@ -191,7 +186,7 @@ def test_corrupt_jpeg_raises_or_is_skipped_and_counted(tmp_path, shapes_tiny, ca
         with caplog.at_level(logging.WARNING, logger="tdam.data"):
             n = sum(len(y) for _, y in loader)
         assert n == len(skip) - 1 and loader.bad_images == [bad_path]
-        assert f"skipped 1 unreadable image(s) this epoch" in caplog.text and bad_path in caplog.text
+        assert "skipped 1 unreadable image(s) this epoch" in caplog.text and bad_path in caplog.text
         caplog.clear()
     with pytest.raises(ValueError, match="on_bad_image='ignore' is not valid; valid choices are"):
         build_dataset("imagenet", root, "val", on_bad_image="ignore")

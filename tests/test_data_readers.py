@@ -15,17 +15,12 @@ import torch
 from PIL import Image
 from scipy.io import loadmat
 
-from tdam.data import (DatasetLayoutError, build_dataset, load_manifest, make_shapes_dataset, shapes_root)
+from tdam.data import (DatasetLayoutError, build_dataset, load_manifest, shapes_root)
 
 
 @pytest.fixture(scope="module")
-def shapes_tiny(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.getbasetemp() / "shapes-tiny-s0", seed=0, size="tiny")
-
-
-@pytest.fixture(scope="module")
-def manifest(shapes_tiny):
-    return load_manifest(shapes_tiny)
+def manifest(fresh_shapes_tiny):
+    return load_manifest(fresh_shapes_tiny)
 
 
 def _xml_boxes(path: Path) -> tuple[tuple[int, int], list[tuple[str, list[float]]]]:
@@ -35,8 +30,8 @@ def _xml_boxes(path: Path) -> tuple[tuple[int, int], list[tuple[str, list[float]
                   for o in root.findall("object")]
 
 
-def test_imagenet_train_matches_folders_and_manifest(shapes_tiny, manifest):
-    root = shapes_tiny / "imagenet"
+def test_imagenet_train_matches_folders_and_manifest(fresh_shapes_tiny, manifest):
+    root = fresh_shapes_tiny / "imagenet"
     ds = build_dataset("imagenet", root, "train")
     wnids = sorted(os.listdir(root / "train"))
     expected = [(str(root / "train" / w / f), wnids.index(w))
@@ -55,8 +50,8 @@ def test_imagenet_train_matches_folders_and_manifest(shapes_tiny, manifest):
         ds.boxes(0)
 
 
-def test_imagenet_val_boxes_from_xml(shapes_tiny, manifest):
-    root = shapes_tiny / "imagenet"
+def test_imagenet_val_boxes_from_xml(fresh_shapes_tiny, manifest):
+    root = fresh_shapes_tiny / "imagenet"
     ds = build_dataset("imagenet", root, "val")
     assert len(ds) == 12 * 4 and ds.has_boxes
     man = {r["file"]: r for r in manifest["imagenet"]["splits"]["val"]}
@@ -73,10 +68,10 @@ def test_imagenet_val_boxes_from_xml(shapes_tiny, manifest):
 
 
 @pytest.mark.parametrize("variant", ["matched-frequency", "threshold0.7", "top-images"])
-def test_imagenet_v2_labels_are_int_folder_names(shapes_tiny, manifest, variant):
+def test_imagenet_v2_labels_are_int_folder_names(fresh_shapes_tiny, manifest, variant):
     from tdam.data import IMAGENET_V2_VARIANTS
 
-    ds = build_dataset("imagenet_v2", shapes_tiny / "imagenet_v2", "test", variant=variant)
+    ds = build_dataset("imagenet_v2", fresh_shapes_tiny / "imagenet_v2", "test", variant=variant)
     folder = IMAGENET_V2_VARIANTS[variant]
     assert len(ds) == 12 * 2 and ds.classes == [str(i) for i in range(12)]
     for path, label in ds.samples:
@@ -85,29 +80,29 @@ def test_imagenet_v2_labels_are_int_folder_names(shapes_tiny, manifest, variant)
     assert {f"{folder}/{Path(p).parent.name}/{Path(p).name}": t for p, t in ds.samples} == man
 
 
-def test_imagenet_v2_folder_10_is_label_10_not_imagefolder_order(shapes_tiny):
+def test_imagenet_v2_folder_10_is_label_10_not_imagefolder_order(fresh_shapes_tiny):
     from torchvision.datasets import ImageFolder
 
-    variant_dir = shapes_tiny / "imagenet_v2" / "imagenetv2-matched-frequency-format-val"
+    variant_dir = fresh_shapes_tiny / "imagenet_v2" / "imagenetv2-matched-frequency-format-val"
     assert sorted(os.listdir(variant_dir), key=int) == [str(i) for i in range(12)]
     ds = build_dataset("imagenet_v2", variant_dir, "val")  # root = a variant folder itself
     labels = {Path(p).parent.name: t for p, t in ds.samples}
     assert labels["10"] == 10 and labels["2"] == 2
     assert ImageFolder(str(variant_dir)).class_to_idx["2"] == 4  # the pitfall: '0','1','10','11','2'
     with pytest.raises(ValueError, match="variant='matched' is not valid; valid choices are"):
-        build_dataset("imagenet_v2", shapes_tiny / "imagenet_v2", "test", variant="matched")
+        build_dataset("imagenet_v2", fresh_shapes_tiny / "imagenet_v2", "test", variant="matched")
 
 
-def test_imagenet_labels_agree_with_v2(shapes_tiny, manifest):
+def test_imagenet_labels_agree_with_v2(fresh_shapes_tiny, manifest):
     """V2 folder k holds the class whose wnid is the k-th in sorted order (same generator class)."""
-    side = json.loads((shapes_tiny / "imagenet" / "shapes_objects.json").read_text())
+    side = json.loads((fresh_shapes_tiny / "imagenet" / "shapes_objects.json").read_text())
     assert {o[0]["label"] for o in side["splits"]["train"].values()} == set(range(12))
     for rec in manifest["imagenet_v2"]["variants"]["imagenetv2-top-images-format-val"]:
         assert rec["objects"][0]["label"] == rec["label"]
 
 
-def test_cub200_matches_text_files(shapes_tiny, manifest):
-    root = Path(shapes_root(shapes_tiny, "cub200"))
+def test_cub200_matches_text_files(fresh_shapes_tiny, manifest):
+    root = Path(shapes_root(fresh_shapes_tiny, "cub200"))
 
     def table(name):
         return {int(a): b for a, b in (line.split(" ", 1) for line in (root / name).read_text().splitlines())}
@@ -137,8 +132,8 @@ def test_cub200_matches_text_files(shapes_tiny, manifest):
         assert ds[gi[0]][0].mode == "RGB"
 
 
-def test_stanford_dogs_matches_mat_lists_and_xml(shapes_tiny, manifest):
-    root = Path(shapes_root(shapes_tiny, "stanford_dogs"))
+def test_stanford_dogs_matches_mat_lists_and_xml(fresh_shapes_tiny, manifest):
+    root = Path(shapes_root(fresh_shapes_tiny, "stanford_dogs"))
     folders = sorted(os.listdir(root / "Images"))
     n_multi = 0
     for name in ("train", "test"):
@@ -162,8 +157,8 @@ def test_stanford_dogs_matches_mat_lists_and_xml(shapes_tiny, manifest):
     assert n_multi >= 1  # some images hold two dogs -> two <object>s
 
 
-def test_coco_multi_hot_by_ascending_id(shapes_tiny, manifest):
-    root = shapes_tiny / "coco2014"
+def test_coco_multi_hot_by_ascending_id(fresh_shapes_tiny, manifest):
+    root = fresh_shapes_tiny / "coco2014"
     for split in ("train", "val"):
         js = json.loads((root / "annotations" / f"instances_{split}2014.json").read_text())
         ids = sorted(c["id"] for c in js["categories"])
@@ -208,12 +203,12 @@ def test_coco_ids_1_3_90_map_to_0_1_2(tmp_path):
     assert ds.objects(0)[1].tolist() == [2, 0]
 
 
-def test_build_dataset_rejects_bad_kind_and_split(shapes_tiny):
+def test_build_dataset_rejects_bad_kind_and_split(fresh_shapes_tiny):
     choices = (r"valid choices are \['coco2014', 'cub200', 'imagenet', 'imagenet_parquet', 'imagenet_v2', "
                r"'imagenet_wds', 'stanford_dogs'\]")
     with pytest.raises(ValueError, match=choices):
-        build_dataset("imagenet1k", shapes_tiny, "train")
+        build_dataset("imagenet1k", fresh_shapes_tiny, "train")
     with pytest.raises(ValueError, match="split='validation' is not valid; valid choices are"):
-        build_dataset("imagenet", shapes_tiny / "imagenet", "validation")
+        build_dataset("imagenet", fresh_shapes_tiny / "imagenet", "validation")
     with pytest.raises(ValueError, match="only for kind='imagenet_v2'"):
-        build_dataset("imagenet", shapes_tiny / "imagenet", "val", variant="top-images")
+        build_dataset("imagenet", fresh_shapes_tiny / "imagenet", "val", variant="top-images")

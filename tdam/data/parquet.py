@@ -22,7 +22,6 @@ import io
 import json
 import os
 from collections import OrderedDict
-from pathlib import Path
 from typing import Callable
 
 import torch

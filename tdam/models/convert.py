@@ -21,7 +21,7 @@ import torch.nn as nn
 from tdam.validation import check_bool, check_choice
 
 from .blocks import TDBlock, TDInvertedResidual, supported_block_names, td_block_class
-from .steps import StepsMixin, known_stages, stage_modules, steps_class_for
+from .steps import known_stages, stage_modules, steps_class_for
 from .td import TD_FEEDBACKS, TD_MODES, TD_ORDERS, TD_POOLS
 
 __all__ = ["add_td", "td_option_names", "stage_blocks", "default_td_stages", "convert_blocks"]
