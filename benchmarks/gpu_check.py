@@ -245,10 +245,11 @@ def measure_trainer(c: Check, out_dir: Path) -> dict:
         for name, td in (("plain", False), ("td", True)):
             if not c.time_left(f"trainer {arch} {name}"):
                 continue
-            cfg = load_config(None, backbone=arch, **({k: v for k, v in TD.items()} if td else {}), epochs=epochs,
-                              steps_per_epoch=steps, val_batches=1, batch_size=a.batch_size, img_size=a.img_size,
-                              workers=a.workers, warmup_epochs=0, progress=False, device=str(c.device),
-                              num_classes=1000, name=f"{arch}-{name}", output_dir=str(out_dir / f"{arch}-{name}"))
+            model = {"arch": arch, "num_classes": 1000, **(TD if td else {})}
+            cfg = load_config(None, model=model, epochs=epochs, steps_per_epoch=steps, val_batches=1,
+                              batch_size=a.batch_size, img_size=a.img_size, workers=a.workers, warmup_epochs=0,
+                              progress=False, device=str(c.device), name=f"{arch}-{name}",
+                              output_dir=str(out_dir / f"{arch}-{name}"))
             n = steps * a.batch_size
             result = c.attempt(f"trainer {arch} {name}", train, cfg,
                                datasets=(_Synthetic(n, a.img_size), _Synthetic(a.batch_size, a.img_size)))

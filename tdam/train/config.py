@@ -9,7 +9,8 @@ command-line values are read by one YAML loader (:func:`load_yaml`): a syntax er
 of paths. Every float field must be a finite number.
 
 A run folder is named by the config's identity (:func:`identity_config`): everything that changes what is learned
-except the :data:`SCHEDULE_FIELDS` (epochs, lr, warm-up, ...), which a resume may change (:func:`config_changes`).
+except the schedule length (``epochs``). A resume may change the :data:`SCHEDULE_FIELDS` (epochs, lr, warm-up, ...;
+:func:`config_changes`); any other change is refused.
 
 The model is one mapping, ``model:``, holding exactly the keyword arguments of :func:`tdam.create_model` (``arch``,
 ``attention``, ``t``, ``m``, ``td_mode``, ``td_stages``, ``drop_path_rate``, ...). The trainer passes it unchanged
@@ -247,9 +248,11 @@ def semantic_config(cfg: TrainConfig | Mapping[str, Any], *, with_epochs: bool =
 
 
 def identity_config(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """What names a run folder: the semantic config without the :data:`SCHEDULE_FIELDS` (which a resume may
-    change)."""
-    return {k: v for k, v in semantic_config(cfg).items() if k not in SCHEDULE_FIELDS}
+    """What names a run folder: the semantic config without the schedule LENGTH (``epochs``), so ``--resume true``
+    with more epochs continues the same folder, while any other change (another lr, warm-up, ``val_batches``, seed,
+    model, data) names a new run: a cache request never collides with a run it does not match. (A resume into a
+    named folder, ``name``/``output_dir``, may still change the other :data:`SCHEDULE_FIELDS`.)"""
+    return semantic_config(cfg, with_epochs=False)
 
 
 def config_hash(cfg: TrainConfig | Mapping[str, Any]) -> str:
