@@ -73,3 +73,14 @@ def test_switches_and_wandb_extra(tmp_path, monkeypatch):
         RunLogger(tmp_path / "w", wandb=True)
     rank1 = RunLogger(tmp_path / "r1", is_main=False)               # other ranks evaluate but never write
     assert rank1.enabled and rank1.writer is None and not (tmp_path / "r1").exists()
+
+
+def test_wandb_without_the_extra_is_a_configuration_error(monkeypatch):
+    import importlib.util
+
+    from tdam.train import load_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match=r"wandb: true needs .*pip install 'tdam\[wandb\]'"):
+        load_config(None, profile="smoke", wandb=True)

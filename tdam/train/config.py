@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -186,6 +187,8 @@ class TrainConfig:
             check_bool(name, getattr(self, name), optional=True)
         for name in ("compile", "model_ema", "skip_bad_images", "deterministic", "tensorboard", "wandb"):
             check_bool(name, getattr(self, name))
+        if self.wandb and importlib.util.find_spec("wandb") is None:
+            raise ValueError("wandb: true needs the optional Weights & Biases package: pip install 'tdam[wandb]'")
         return self
 
     # ------------------------------------------------------------------ derived values
