@@ -373,6 +373,7 @@ def test_run_name_does_not_depend_on_the_schedule_length():
     assert a.run_name() != load_config(None, profile="smoke", model={"arch": "resnet34"}).run_name()
 
 
+@pytest.mark.drill
 def test_sigterm_exit_code_is_interrupted(tmp_path, shapes_tiny):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "tdam.train", *SMALL, "--epochs", "50", "--steps_per_epoch", "4",

@@ -1,4 +1,4 @@
-"""The CLI as a separate process: SIGTERM (pre-emption) and SIGKILL during a checkpoint write."""
+"""The CLI as a separate process (drill tier): SIGTERM (pre-emption) and SIGKILL during a checkpoint write."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tdam.checkpoint import read_checkpoint
@@ -37,6 +38,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180.0) -> None
         time.sleep(0.05)
 
 
+@pytest.mark.drill
 def test_sigterm_leaves_resumable_checkpoint(tmp_path, shapes_tiny):
     run = tmp_path / "run"
     log = run / "train.log"
@@ -57,6 +59,7 @@ def test_sigterm_leaves_resumable_checkpoint(tmp_path, shapes_tiny):
     assert "resumed at epoch" in log.read_text()
 
 
+@pytest.mark.drill
 def test_kill_during_checkpoint_write_keeps_previous_last(tmp_path, shapes_tiny):
     run = tmp_path / "run"
     train(_cfg(run, epochs=1, steps_per_epoch=2))
