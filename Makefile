@@ -27,7 +27,7 @@ demo: $(STAMP)
 	mkdir -p runs
 	$(VENV)/bin/papermill -k python3 --no-progress-bar --log-output notebooks/01_train_imagenet.ipynb runs/01_train_imagenet.ipynb
 	@echo "executed notebook: runs/01_train_imagenet.ipynb"
-	@grep -o 'final val top-1:[^"\\]*' runs/01_train_imagenet.ipynb
+	@grep -o 'final val top-1: [0-9][^"\\]*' runs/01_train_imagenet.ipynb
 
 test: $(STAMP)
 	$(PY) -m pytest -q
