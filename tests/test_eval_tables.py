@@ -147,3 +147,17 @@ def test_provenance_is_json_ready(tmp_path):
     assert prov["checkpoint_sha256"] == "ba7816bf8f01" and prov["device"].startswith("cpu")
     assert prov["torch"] == torch.__version__ and prov["extra"] == 1
     json.dumps(prov)
+
+
+def test_ablation_table_compares_only_in_the_papers_setting():
+    base = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0}
+    rows = [{**base, "backbone": "resnet50", "data": "imagenet", "img_size": 224},     # the paper's setting
+            {**base, "backbone": "resnet50", "data": "embedded", "img_size": 64},      # sizes only
+            {**base, "backbone": "resnet18", "data": "embedded", "img_size": 64}]      # nothing
+    tab = ablation_table(rows)
+    acc, size = ["paper_v1_top1", "diff_v1_top1", "paper_v1_top5", "diff_v1_top5"], ["paper_params_M", "diff_gflops"]
+    assert tab.loc[0, acc + size].notna().all() and tab.loc[0, "comparison"] == "paper setting"
+    assert tab.loc[1, acc].isna().all() and tab.loc[1, size].notna().all()
+    assert tab.loc[1, "comparison"] == "embedded tdam-shapes data, not ImageNet"
+    assert tab.loc[2, acc + size].isna().all() and tab.loc[2, "comparison"] == "resnet18, the paper's row is resnet50"
+    assert (tab.v1_top1 == 70.0).all()                                  # our numbers always shown

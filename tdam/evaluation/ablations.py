@@ -60,8 +60,8 @@ def table2_entries(sets: Sequence[str] | None = None, rows: Sequence[str] = (), 
 
 def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, data: Mapping, *,
                  device: torch.device, batch_size: int = 50, workers: int = 0, max_images: int | None = None) -> dict:
-    """Size and accuracy of one Table 2 row: {set, row, paper_row, backbone, params, params_M, gflops, v1_top1, v1_top5,
-    images, checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
+    """Size and accuracy of one Table 2 row: {set, row, paper_row, backbone, params, data ('imagenet' or 'embedded'),
+    img_size, params_M, gflops, v1_top1, v1_top5, images, checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
     :func:`tdam.evaluation.data.run_data_settings`. ``checkpoint`` None: the row was not trained, reported as 'not
     trained' with NaN metrics, never silently replaced."""
     from tdam import complexity
@@ -73,8 +73,10 @@ def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, 
     from .data import eval_dataset, eval_loader
 
     kw = dict(model)
+    real = data["data_dir"] is not None and data["dataset"] == "imagenet"
     row = {"set": entry["set"], "row": entry["row"], "paper_row": entry.get("paper_row", True), "backbone": kw["arch"],
-           "params": Path(entry["params"]).name}
+           "params": Path(entry["params"]).name, "data": "imagenet" if real else "embedded",
+           "img_size": data["img_size"]}
     kw["num_classes"] = _PAPER_CLASSES.get(entry["set"], 1000)
     with torch.device("meta"):  # size of the paper's model (its class count), no weights needed
         sized = create_model(**kw)

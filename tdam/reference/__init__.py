@@ -185,14 +185,45 @@ def accuracy_table(results: Mapping, model_config: Mapping) -> pd.DataFrame:
     return out.drop(columns=KEY_COLUMNS)
 
 
+def _ablation_comparison(row: Mapping, paper_backbone: str | None) -> tuple[str | None, str | None]:
+    """Why our Table 2 row's (sizes, accuracies) cannot be compared with the paper's, or None where they can: sizes
+    need the paper row's backbone; accuracies also ImageNet at 224 px (``data``/``img_size``, as
+    :func:`tdam.evaluation.ablations.ablation_row` records them)."""
+    if paper_backbone is None:
+        return "not a paper row", "not a paper row"
+    size = None
+    if row.get("backbone", paper_backbone) != paper_backbone:
+        size = f"{row['backbone']}, the paper's row is {paper_backbone}"
+    accuracy = size
+    if accuracy is None and row.get("data", "imagenet") != "imagenet":
+        accuracy = "embedded tdam-shapes data, not ImageNet"
+    if accuracy is None and row.get("img_size", 224) != 224:
+        accuracy = f"{row['img_size']} px, the paper's 224 px"
+    return size, accuracy
+
+
 def ablation_table(rows: Sequence[dict]) -> pd.DataFrame:
-    """Our rows beside the paper's Table 2 (``paper_*`` and ``diff_*`` = ours - paper), keyed by (set, row)."""
+    """Our rows beside the paper's Table 2 (``paper_*`` and ``diff_*`` = ours - paper), keyed by (set, row). A paper
+    number and its difference appear only where our row's setting is the paper's (:func:`_ablation_comparison`);
+    elsewhere they are empty and ``comparison`` says why ("paper setting" where they are shown)."""
     ours = pd.DataFrame(list(rows))
     for c in ("v1_top1", "v1_top5"):
         if c not in ours:
             ours[c] = float("nan")
-    return beside_paper(ours, paper_table("table2"), on=["set", "row"],
-                        columns=["params_M", "gflops", "v1_top1", "v1_top5"])
+    out = beside_paper(ours, paper_table("table2"), on=["set", "row"],
+                       columns=["params_M", "gflops", "v1_top1", "v1_top5"])
+    paper = paper_table("table2")
+    backbone = {(_norm_key(s), _norm_key(r)): b for s, r, b in zip(paper.set, paper.row, paper.backbone)}
+    notes = []
+    for i, row in enumerate(rows):
+        size, accuracy = _ablation_comparison(row, backbone.get((_norm_key(row["set"]), _norm_key(row["row"]))))
+        for reason, cols in ((size, ("params_M", "gflops")), (accuracy, ("v1_top1", "v1_top5"))):
+            if reason is not None:
+                out.loc[i, [f"paper_{c}" for c in cols] + [f"diff_{c}" for c in cols]] = float("nan")
+        notes.append("paper setting" if size is None and accuracy is None else
+                     "; ".join(dict.fromkeys(r for r in (size, accuracy) if r)))
+    out["comparison"] = notes
+    return out
 
 
 def paper_table3_column(model_config: Mapping) -> str | None:
