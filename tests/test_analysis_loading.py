@@ -94,11 +94,11 @@ def test_localization_batches(run):
 def test_params_validation():
     p = nb.parameters("05_attention_shift")
     assert p.backbone == "resnet18" and p.num_images == 4 and p.as_dict()["two_objects"] is True
-    assert p.td_checkpoint is None  # '' in the parameters cell: not given
+    assert p.checkpoint is None and p.baseline_checkpoint is None  # '' in the parameters cell: not given
     with pytest.raises(ValueError, match="backbone='vgg'.*choices"):
         nb.parameters("05_attention_shift", backbone="vgg")
     with pytest.raises(ValueError, match="no such file"):
-        nb.parameters("06_weak_localization", td_checkpoint="/nonexistent.pth")
+        nb.parameters("06_weak_localization", checkpoint="/nonexistent.pth")
     with pytest.raises(ValueError, match="split"):
         nb.parameters("06_weak_localization", split="test2")
     with pytest.raises(ValueError, match="num_figure_images"):
@@ -109,8 +109,11 @@ def test_params_validation():
         nb.parameters("09_feature_selectivity", layer4_blocks=[1])
     with pytest.raises(ValueError, match="image_indices"):
         nb.parameters("05_attention_shift", image_indices=[-1])
-    with pytest.raises(ValueError, match="has no parameters \\['t'\\]"):
-        nb.parameters("05_attention_shift", t=3)
+    with pytest.raises(nb.UnknownParameterError, match="has no parameter 'tt' \\(did you mean 't'\\?\\)"):
+        nb.parameters("05_attention_shift", tt=3)
+    assert nb.parameters("05_attention_shift", t=3).t == 3      # the steps at evaluation
+    with pytest.raises(ValueError, match="plain backbone has a single computation step"):
+        nb.parameters("05_attention_shift", attention="plain", t=2)
     assert nb.parameters("06_weak_localization", max_images=0).max_images is None  # 0 and None: every image
 
 

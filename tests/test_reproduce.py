@@ -20,7 +20,8 @@ def test_parameters_per_profile(tmp_path):
     assert R.notebook_parameters("05_attention_shift", "embedded") == {}
     p01 = R.notebook_parameters("01_train_imagenet", "paper", str(tmp_path))
     assert p01["data_dir"] == str(tmp_path) and p01["profile"] is None and p01["backbone"] == "resnet50"
-    assert R.notebook_parameters("03_complexity", "paper", str(tmp_path)) == {}    # takes none of the three
+    assert R.notebook_parameters("03_complexity", "paper", str(tmp_path)) == {"backbone": "resnet50"}
+    assert R.notebook_parameters("04_ablations", "paper", str(tmp_path))["backbone"] is None   # each row's own
     with pytest.raises(ValueError, match=r"profile='bogus' is not valid; valid choices are \['embedded', 'paper'\]"):
         R.notebook_parameters("02_eval_imagenet", "bogus")
     with pytest.raises(ValueError, match="needs data_dir"):

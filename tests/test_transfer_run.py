@@ -139,7 +139,7 @@ def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path)
 def test_notebook_params_validate_and_build_the_embedded_runs():
     from tdam.transfer.notebook import TransferNotebookParams
 
-    p = TransferNotebookParams(imagenet_attentions=["td", "plain"], wsdan_datasets=["cub200", "stanford_dogs"])
+    p = TransferNotebookParams(attentions=["td", "plain"], wsdan_datasets=["cub200", "stanford_dogs"])
     configs = p.embedded_configs({"td": None, None: None})
     assert [(c.task, c.dataset, c.train.model["attention"]) for c in configs] == [
         ("wsdan", "cub200", "td"), ("wsdan", "cub200", None), ("wsdan", "stanford_dogs", "td"),
@@ -149,7 +149,9 @@ def test_notebook_params_validate_and_build_the_embedded_runs():
     assert (asl.onecycle_epochs, asl.train.lr, asl.train.model_ema_decay) == (2, 1e-3, 0.9)
     with pytest.raises(ValueError, match="valid choices are \\['cub200', 'stanford_dogs'\\]"):
         TransferNotebookParams(wsdan_datasets=["cars"])
-    with pytest.raises(ValueError, match="imagenet_attentions"):
-        TransferNotebookParams(imagenet_attentions=["ge"])
+    with pytest.raises(ValueError, match="attentions"):
+        TransferNotebookParams(attentions=["ge"])
+    assert TransferNotebookParams(attentions="plain").attentions == ["plain"]          # one name: a list of one
+    assert TransferNotebookParams(attentions="[td, plain]").attentions == ["td", "plain"]   # papermill -p text
     with pytest.raises(ValueError, match="img_size"):
         TransferNotebookParams(img_size=0)

@@ -1,4 +1,4 @@
-"""Support for notebooks 02-09, so that each stays a few library calls: validated parameters
+"""Support for the nine notebooks, so that each stays a few library calls: validated parameters
 (:mod:`~tdam.notebook.params`), the trained models they evaluate (:mod:`~tdam.notebook.runs`, the only caller of
 the trainer) and their result files and provenance (:mod:`~tdam.notebook.outputs`).
 
@@ -6,11 +6,13 @@ Typical cells: ``p = nb.parameters("06_weak_localization", globals())``, ``td, b
 ``nb.write_table(table, RUN, "localization")``.
 """
 from .outputs import file_digest, provenance, run_dir, save_figure, write_json, write_table
-from .params import NOTEBOOKS, VALIDATORS, Params, notebook_defaults, parameters
-from .runs import ablation_config, ablation_run, checkpoint, checkpoints, load_pair, resolve_checkpoint
+from .params import NOTEBOOKS, VALIDATORS, Params, UnknownParameterError, notebook_defaults, parameters
+from .runs import (ablation_config, ablation_run, at_steps, checkpoint, evaluated_checkpoints, load_pair,
+                   resolve_checkpoint)
 
 __all__ = [
     "file_digest", "provenance", "run_dir", "save_figure", "write_json", "write_table",
-    "NOTEBOOKS", "VALIDATORS", "Params", "notebook_defaults", "parameters",
-    "ablation_config", "ablation_run", "checkpoint", "checkpoints", "load_pair", "resolve_checkpoint",
+    "NOTEBOOKS", "VALIDATORS", "Params", "UnknownParameterError", "notebook_defaults", "parameters",
+    "ablation_config", "ablation_run", "at_steps", "checkpoint", "evaluated_checkpoints", "load_pair",
+    "resolve_checkpoint",
 ]

@@ -1,28 +1,43 @@
-"""Notebook parameters: ONE validator per parameter name, shared by notebooks 02-09, and the names each notebook takes.
+"""Notebook parameters: ONE validator per parameter name, shared by the nine notebooks, and the names each one takes.
 
 A notebook's ``parameters`` cell holds its defaults as flat literals (papermill injects overrides after it); the next
-cell calls ``p = nb.parameters("<notebook>", globals())``, which picks that notebook's names, checks and normalises
-each value with the validator of its name (the same name means the same thing in every notebook; ``""`` for a path
-means "not given", as ``None`` does) and runs the notebook's cross-parameter checks, so a wrong value fails before
-any model or data is touched, with a ``ValueError`` naming the parameter and what is valid. Called from Python
-without a value, a name takes the default written in the notebook's ``parameters`` cell.
+cell calls ``p = nb.parameters("<notebook>", globals())``, which
+
+- stops on a name the notebook does not have (:class:`UnknownParameterError`, naming the valid ones): papermill
+  itself only warns "Passed unknown parameter" and runs on with the default;
+- checks and normalises each value with the validator of its name. The same name means the same thing in every
+  notebook: ``checkpoint`` (the model evaluated; empty: the cached run of notebook 01 for ``backbone``,
+  ``attention``, ``m``, ``profile``, ``data_dir``), ``baseline_checkpoint`` (its plain backbone), ``t`` (computation
+  steps: trained with in 01, evaluated at elsewhere; None: as trained), ``profile`` (None: ``smoke`` on the embedded
+  data, the params file's recipe on ``data_dir``), ``device``, ``dry_run`` (resolve and print, run nothing). ``""``
+  for a path means "not given", as ``None`` does. Lists may be given as YAML/JSON text, as ``papermill -p`` passes
+  them: ``-p rows '[ResNet, SE]'`` equals ``-y 'rows: [ResNet, SE]'``;
+- runs the notebook's cross-parameter checks,
+
+so a wrong value fails before any model or data is touched, with a ``ValueError`` naming the parameter and what is
+valid. Called from Python without a value, a name takes the default written in the notebook's ``parameters`` cell.
 """
 from __future__ import annotations
 
 import ast
+import difflib
 import functools
 import json
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from tdam import paths
 from tdam.models import ARCHS, ATTENTIONS
+from tdam.models.td import TD_MODES
 from tdam.validation import check_bool, check_choice, check_int, check_number, resolve_device
 
-__all__ = ["NOTEBOOKS", "VALIDATORS", "Params", "parameters", "notebook_defaults", "ATTENTION_CHOICES"]
+__all__ = ["NOTEBOOKS", "VALIDATORS", "Params", "parameters", "notebook_defaults", "ATTENTION_CHOICES",
+           "UnknownParameterError"]
 
 ATTENTION_CHOICES = ("plain", *[a for a in ATTENTIONS if a])   # "plain" (or None) is the backbone without attention
 RESNETS = tuple(a for a in ARCHS if a.startswith("resnet"))
@@ -59,14 +74,43 @@ def _choice(choices, *, optional: bool = False) -> Validator:
     return check
 
 
+def _parsed(name: str, v: Any) -> Any:
+    """A list given as text (``papermill -p rows '[ResNet, SE]'`` passes a string) read as YAML/JSON."""
+    if not isinstance(v, str):
+        return v
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{name}={v!r}: not a YAML/JSON list ({e.problem}); write e.g. -p {name} '[a, b]' "
+                         f"or -y '{name}: [a, b]'") from None
+
+
 def _list(item: Validator, *, nonempty: bool = False, optional: bool = False) -> Validator:
     def check(name, v):
+        v = _parsed(name, v)
         if optional and v is None:
             return None
         if not isinstance(v, (list, tuple)) or (nonempty and not v):
-            raise ValueError(f"{name}={v!r}: expected a {'non-empty ' if nonempty else ''}list")
+            raise ValueError(f"{name}={v!r}: expected a {'non-empty ' if nonempty else ''}list, e.g. -p {name} "
+                             f"'[a, b]' or -y '{name}: [a, b]'")
         return [item(name, x) for x in v]
     return check
+
+
+def _one_or_list(item: Validator) -> Validator:
+    """One value or a non-empty list of them (``'td'``, ``['plain', 'td']``), always returned as a list."""
+    many = _list(item, nonempty=True)
+
+    def check(name, v):
+        v = _parsed(name, v)
+        return many(name, v if isinstance(v, (list, tuple)) else [v])
+    return check
+
+
+def _optional_str(name, v):
+    if v is not None and (not isinstance(v, str) or not v):
+        raise ValueError(f"{name}={v!r}: expected a non-empty string, or None")
+    return v
 
 
 def _path(kind: str) -> Validator:
@@ -130,21 +174,22 @@ _ATTENTION = _choice(ATTENTION_CHOICES, optional=True)
 _FILE, _DIR = _path("file"), _path("directory")
 
 VALIDATORS: dict[str, Validator] = {
-    # models and checkpoints
-    "backbone": _ARCH, "scaling_backbone": _ARCH, "imagenet_arch": _ARCH,
-    "backbone_override": _choice(ARCHS, optional=True),
-    "flops_backbones": _list(_ARCH), "speed_backbones": _list(_ARCH),
-    "attention": _ATTENTION, "attentions": _list(_ATTENTION), "imagenet_attentions": _list(_ATTENTION),
-    "checkpoint": _FILE, "td_checkpoint": _FILE, "baseline_checkpoint": _FILE, "backbone_checkpoint": _FILE,
-    "checkpoints": _list(_FILE), "profile": _profile, "imagenet_profile": _profile, "use_ema": _bool,
+    # models and checkpoints: the same names in every notebook
+    "backbone": _ARCH, "attention": _ATTENTION, "attentions": _one_or_list(_ATTENTION),
+    "td_mode": _choice(TD_MODES, optional=True), "t": _int(1, optional=True), "m": _int(0, optional=True),
+    "checkpoint": _FILE, "baseline_checkpoint": _FILE, "profile": _profile, "config": _optional_str,
+    "flops_backbones": _list(_ARCH), "speed_backbones": _list(_ARCH), "use_ema": _bool,
     # data
     "data_dir": _DIR, "v2_dir": _DIR, "v2_variant": _choice(V2_VARIANTS), "split": _choice(("train", "val")),
     "data_size": _choice(("default", "tiny")), "max_images": _max_images, "seed": _int(0),
     "img_size": _int(8, optional=True), "flops_img_size": _int(8), "crop_pct": _number(0.05, 1.0),
     "resolutions": _list(_int(8), nonempty=True, optional=True),
     # running
-    "batch_size": _int(1), "workers": _int(0), "device": _device, "amp": _choice(PRECISIONS),
-    "dtype": _choice(PRECISIONS), "channels_last": _bool, "warmup": _int(0), "repeats": _int(1),
+    "batch_size": _int(1, optional=True), "workers": _int(0), "device": _device, "amp": _choice(PRECISIONS),
+    "channels_last": _bool, "warmup": _int(0), "repeats": _int(1), "dry_run": _bool,
+    # notebook 01: training
+    "epochs": _int(1, optional=True), "steps_per_epoch": _int(1, optional=True), "lr": _number(0, optional=True),
+    "gpus": _int(0), "resume": _bool, "name": _optional_str, "force": _bool,
     # notebook 03: cost tables and scaling
     "speed_methods": _list(_str), "t_values": _list(_int(1), nonempty=True),
     "batch_values": _list(_int(1), nonempty=True), "resolution_values": _list(_int(8), nonempty=True),
@@ -156,30 +201,34 @@ VALIDATORS: dict[str, Validator] = {
     "num_figure_images": _int(1, 64), "layer4_blocks": _list(_later_block), "layer3_blocks": _list(_later_block),
     # notebook 07: transfer
     "params_files": _list(_str), "wsdan_datasets": _transfer_datasets("wsdan"),
-    "asl_datasets": _transfer_datasets("asl"), "epochs": _int(1), "steps_per_epoch": _int(1, optional=True),
-    "val_batches": _int(1, optional=True), "num_attentions": _int(1), "wsdan_lr": _number(0, optional=True),
-    "asl_lr": _number(0, optional=True), "ema_decay": _number(0, 1, optional=True),
-    "asl_onecycle_epochs": _int(1, optional=True),
+    "asl_datasets": _transfer_datasets("asl"), "val_batches": _int(1, optional=True),
+    "num_attentions": _int(1), "wsdan_lr": _number(0, optional=True), "asl_lr": _number(0, optional=True),
+    "ema_decay": _number(0, 1, optional=True), "asl_onecycle_epochs": _int(1, optional=True),
 }
 
-_ANALYSIS = ("backbone", "td_checkpoint", "baseline_checkpoint", "profile", "data_dir", "split", "batch_size",
-             "device")
+# the trained model(s) a notebook evaluates: a checkpoint, else the cached run of notebook 01 of (backbone, attention,
+# m, profile, data_dir); t: the steps used at evaluation (None: as trained)
+_EVALUATED = ("checkpoint", "backbone", "attention", "t", "m", "profile", "data_dir")
+_ANALYSIS = (*_EVALUATED, "baseline_checkpoint", "split", "batch_size", "device")
 NOTEBOOKS: dict[str, tuple[str, ...]] = {
-    "02_eval_imagenet": ("checkpoint", "backbone", "attention", "profile", "data_dir", "v2_dir", "v2_variant",
-                         "img_size", "crop_pct", "batch_size", "workers", "device", "amp", "use_ema", "max_images"),
+    "01_train_imagenet": ("backbone", "attention", "td_mode", "t", "m", "config", "profile", "data_dir", "epochs",
+                          "steps_per_epoch", "batch_size", "img_size", "lr", "seed", "gpus", "resume",
+                          "name", "force", "dry_run"),
+    "02_eval_imagenet": (*_EVALUATED, "v2_dir", "v2_variant", "img_size", "crop_pct", "batch_size", "workers",
+                         "device", "amp", "use_ema", "max_images"),
     "03_complexity": ("flops_backbones", "flops_img_size", "speed_backbones", "speed_methods", "batch_size",
-                      "img_size", "dtype", "channels_last", "warmup", "repeats", "device", "scaling_backbone",
+                      "img_size", "amp", "channels_last", "warmup", "repeats", "device", "backbone",
                       "t_values", "batch_values", "resolution_values"),
-    "04_ablations": ("sets", "rows", "profile", "backbone_override", "data_dir", "train", "batch_size", "workers",
+    "04_ablations": ("sets", "rows", "profile", "backbone", "data_dir", "train", "batch_size", "workers",
                      "device", "max_images"),
     "05_attention_shift": (*_ANALYSIS, "num_images", "two_objects", "image_indices", "seed"),
     "06_weak_localization": (*_ANALYSIS, "max_images", "num_figure_images", "seed"),
-    "07_transfer": ("params_files", "data_dir", "backbone_checkpoint", "imagenet_arch", "imagenet_attentions",
-                    "imagenet_profile", "wsdan_datasets", "asl_datasets", "data_size", "img_size", "batch_size",
-                    "epochs", "steps_per_epoch", "val_batches", "num_attentions", "wsdan_lr", "asl_lr", "ema_decay",
+    "07_transfer": ("params_files", "data_dir", "checkpoint", "backbone", "attentions", "profile",
+                    "wsdan_datasets", "asl_datasets", "data_size", "img_size", "batch_size", "epochs",
+                    "steps_per_epoch", "val_batches", "num_attentions", "wsdan_lr", "asl_lr", "ema_decay",
                     "asl_onecycle_epochs", "device", "seed"),
-    "08_test_resolution": ("backbone", "attentions", "checkpoints", "profile", "data_dir", "resolutions",
-                           "batch_size", "workers", "device", "max_images"),
+    "08_test_resolution": (*_EVALUATED, "baseline_checkpoint", "resolutions", "batch_size", "workers", "device",
+                           "max_images"),
     "09_feature_selectivity": (*_ANALYSIS, "max_images", "seed", "layer4_blocks", "layer3_blocks"),
 }
 
@@ -201,19 +250,25 @@ def _ablation_rows_exist(p: Params) -> None:
         check_choice("rows", row_name(r), known)
 
 
-def _one_checkpoint_per_attention(p: Params) -> None:
-    if p.checkpoints and len(p.checkpoints) != len(p.attentions):
-        raise ValueError(f"checkpoints ({len(p.checkpoints)}) must be empty or one per attention ({p.attentions})")
-
-
 def _resnet_backbone(p: Params) -> None:
     check_choice("backbone", p.backbone, RESNETS)   # selectivity is measured on ResNet blocks
 
 
 CHECKS: dict[str, Callable[[Params], None]] = {
     "03_complexity": _speed_methods_exist, "04_ablations": _ablation_rows_exist,
-    "08_test_resolution": _one_checkpoint_per_attention, "09_feature_selectivity": _resnet_backbone,
+    "09_feature_selectivity": _resnet_backbone,
 }
+
+
+def _common_checks(p: Params) -> None:
+    """Checks that hold wherever the names occur."""
+    names = p._names
+    if "t" in names and "attention" in names and p.attention in (None, "plain") and p.t not in (None, 1):
+        raise ValueError(f"t={p.t}: the plain backbone has a single computation step (t=1); t applies to a TD model "
+                         "(attention='td')")
+    if "m" in names and "checkpoint" in names and p.checkpoint and p.m is not None:
+        raise ValueError(f"m={p.m} selects the cached run of notebook 01; the checkpoint {p.checkpoint} has its own m "
+                         "(leave m=None, or leave checkpoint empty)")
 
 
 class Params:
@@ -222,9 +277,10 @@ class Params:
     def __init__(self, notebook: str, values: Mapping[str, Any]) -> None:
         self.__dict__.update(values)
         self._notebook = notebook
+        self._names = NOTEBOOKS[notebook]
 
     def as_dict(self) -> dict[str, Any]:
-        return {n: getattr(self, n) for n in NOTEBOOKS[self._notebook]}
+        return {n: getattr(self, n) for n in self._names}
 
     @property
     def torch_device(self) -> torch.device:
@@ -255,11 +311,35 @@ def parameters(notebook: str, values: Mapping[str, Any] | None = None, **overrid
     check_choice("notebook", notebook, sorted(NOTEBOOKS))
     given = {**(values or {}), **overrides}
     names = NOTEBOOKS[notebook]
-    unknown = sorted(set(overrides) - set(names))
+    unknown = sorted((set(overrides) | (_injected_names(values) if values is not None else set())) - set(names))
     if unknown:
-        raise ValueError(f"{notebook} has no parameters {unknown}; its parameters are {list(names)}")
+        raise UnknownParameterError(notebook, unknown, names)
     defaults = {} if all(n in given for n in names) else _defaults(notebook)
     p = Params(notebook, {n: VALIDATORS[n](n, given[n] if n in given else defaults[n]) for n in names})
+    _common_checks(p)
     if notebook in CHECKS:
         CHECKS[notebook](p)
     return p
+
+
+class UnknownParameterError(ValueError):
+    """A parameter the notebook does not have (a typo, or a name of another notebook): papermill only warns about
+    these and runs on with the default, so the notebook stops here instead, naming its parameters."""
+
+    def __init__(self, notebook: str, unknown: list[str], names: tuple[str, ...]) -> None:
+        hints = [f"{u!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(u, names, 1)) else repr(u)
+                 for u in unknown]
+        super().__init__(f"{notebook} has no parameter {', '.join(hints)}; its parameters are {', '.join(names)}")
+
+
+# what a kernel's namespace holds besides the notebook's names: IPython's own, and what the cell imported
+_KERNEL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "display"})
+
+
+def _injected_names(namespace: Mapping[str, Any]) -> set[str]:
+    """The data names in a notebook's namespace at its validation cell: the ``parameters`` cell's and whatever
+    papermill injected after it. Modules, functions and classes (the cell's imports), IPython's names and ``_``
+    names are not data; so a notebook's second cell imports, then validates, and defines nothing before."""
+    return {k for k, v in namespace.items()
+            if not k.startswith("_") and k not in _KERNEL_NAMES and not isinstance(v, types.ModuleType)
+            and not callable(v)}

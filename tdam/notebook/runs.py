@@ -14,13 +14,16 @@ import torch
 
 from tdam.evaluation.data import EvalRun, load_run, run_data_settings
 
-__all__ = ["checkpoint", "resolve_checkpoint", "checkpoints", "load_pair", "ablation_config",
+from .params import ATTENTION_CHOICES
+
+__all__ = ["checkpoint", "resolve_checkpoint", "evaluated_checkpoints", "at_steps", "load_pair", "ablation_config",
            "ablation_run"]
 
 
-def checkpoint(backbone: str, attention: str | None, profile: str | None = "smoke", **overrides: Any) -> Path:
+def checkpoint(backbone: str, attention: str | None, profile: str | None = None, **overrides: Any) -> Path:
     """The best (else last) checkpoint of the cached training run of (backbone, attention, profile, overrides),
-    trained first when missing; ``attention`` None or 'plain' is the plain backbone."""
+    trained first when missing; ``attention`` None or 'plain' is the plain backbone. ``profile`` None: ``smoke`` on
+    the embedded data, the params file's recipe when ``data_dir`` is given (``tdam.train.checkpoint_config``)."""
     from tdam.train import ensure_checkpoint
 
     attention = None if attention in (None, "plain") else attention
@@ -28,29 +31,57 @@ def checkpoint(backbone: str, attention: str | None, profile: str | None = "smok
 
 
 def resolve_checkpoint(path: str | Path | None, backbone: str, attention: str | None,
-                       profile: str | None = "smoke") -> Path:
-    """``path`` when given (it must exist), else :func:`checkpoint` of (backbone, attention, profile)."""
+                       profile: str | None = None, **overrides: Any) -> Path:
+    """``path`` when given (it must exist), else :func:`checkpoint` of (backbone, attention, profile, overrides)."""
     if path:
         p = Path(path).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint {p} does not exist (expected a file written by the tdam trainer)")
         return p
-    return checkpoint(backbone, attention, profile)
+    return checkpoint(backbone, attention, profile, **overrides)
 
 
-def checkpoints(backbone: str, attentions: Sequence[str | None], paths: Sequence[str] = (),
-                profile: str | None = "smoke") -> dict[str, Path]:
-    """{attention: checkpoint}: ``paths`` (one per attention) when given, else the cached runs."""
-    given = list(paths) or [None] * len(attentions)
-    return {str(a): resolve_checkpoint(c, backbone, a, profile) for a, c in zip(attentions, given)}
+def evaluated_checkpoints(p) -> dict[str, Path]:
+    """{attention: checkpoint} of the models a notebook evaluates: ``p.checkpoint`` (else the cached run of
+    ``p.attention``) and, where the notebook has ``baseline_checkpoint``, the plain baseline (its checkpoint, else
+    its cached run) -- one entry when ``p.attention`` is itself plain. The cached runs are those notebook 01 trains
+    for the same ``backbone``, ``m``, ``profile`` and ``data_dir``."""
+    attention = "plain" if p.attention in (None, "plain") else p.attention
+    data = {"data_dir": p.data_dir}
+    out = {attention: resolve_checkpoint(p.checkpoint, p.backbone, attention, p.profile, m=p.m, **data)}
+    if "baseline_checkpoint" in p._names and attention != "plain":
+        out["plain"] = resolve_checkpoint(p.baseline_checkpoint, p.backbone, "plain", p.profile, **data)
+    return out
+
+
+def at_steps(model: torch.nn.Module, t: int | None) -> torch.nn.Module:
+    """``model`` evaluated at ``t`` computation steps from now on (``None``: as trained; a plain model takes only
+    1). Validated by the model's own ``steps(t)`` (the TD blocks keep per-step norms for a bounded t); returns it."""
+    if t is None:
+        return model
+    steps = getattr(model, "steps", None)
+    if steps is None:
+        if t != 1:
+            raise ValueError(f"t={t}: {type(model).__name__} has no TD blocks, so only t=1 is valid")
+        return model
+    with steps(t):                        # raises ValueError naming the valid range
+        pass
+    for block in model.td_blocks():
+        block.t = t
+    return model
 
 
 def load_pair(p) -> tuple[EvalRun, EvalRun]:
-    """The TD run and its plain baseline of notebooks 05, 06 and 09 (parameters ``backbone``, ``td_checkpoint``,
-    ``baseline_checkpoint``, ``profile``, ``data_dir``, ``split``, ``device``), each with its evaluation data."""
-    return tuple(load_run(resolve_checkpoint(path, p.backbone, attention, p.profile), data_dir=p.data_dir,
-                          split=p.split, device=p.device)
-                 for path, attention in ((p.td_checkpoint, "td"), (p.baseline_checkpoint, None)))
+    """The attention model (TD by default) and its plain baseline of notebooks 05, 06 and 09, each with its
+    evaluation data (parameters ``checkpoint``, ``baseline_checkpoint``, ``backbone``, ``attention``, ``t``, ``m``,
+    ``profile``, ``data_dir``, ``split``, ``device``); the first is evaluated at ``t`` steps."""
+    ckpts = evaluated_checkpoints(p)
+    if len(ckpts) != 2:
+        raise ValueError(f"attention={p.attention!r}: this notebook compares an attention model with its plain "
+                         f"baseline; choose one of {[a for a in ATTENTION_CHOICES if a != 'plain']}")
+    model, base = (load_run(c, data_dir=p.data_dir, split=p.split, device=p.device) for c in ckpts.values())
+    at_steps(model.model, p.t)
+    return model, base
 
 
 def ablation_config(entry: Mapping, *, profile: str | None = None, backbone_override: str | None = None,

@@ -25,10 +25,10 @@ class TransferNotebookParams:
         self.p = p = parameters("07_transfer", values, **overrides)
         if not p.params_files and not (p.wsdan_datasets or p.asl_datasets):
             raise ValueError("nothing to run: give params_files or at least one of wsdan_datasets / asl_datasets")
-        if not p.params_files and not p.imagenet_attentions:
-            raise ValueError("imagenet_attentions is empty: name at least one backbone (e.g. ['td', 'plain'])")
+        if not p.params_files and not p.attentions:
+            raise ValueError("attentions is empty: name at least one backbone (e.g. ['td', 'plain'])")
         if not p.params_files:
-            self.embedded_configs({a: None for a in p.imagenet_attentions})  # validates every run's config
+            self.embedded_configs({a: None for a in p.attentions})  # validates every run's config
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["p"], name)
@@ -36,9 +36,9 @@ class TransferNotebookParams:
     def backbones(self) -> dict[str | None, str]:
         """attention -> ImageNet checkpoint path (embedded mode), trained by the shared trainer when missing."""
         p = self.p
-        return {(None if a in (None, "plain") else a): str(checkpoint(p.imagenet_arch, a, p.imagenet_profile,
+        return {(None if a in (None, "plain") else a): str(checkpoint(p.backbone, a, p.profile,
                                                                        device=p.device))
-                for a in p.imagenet_attentions}
+                for a in p.attentions}
 
     def _overrides(self, task: str) -> dict[str, Any]:
         p = self.p
@@ -60,9 +60,9 @@ class TransferNotebookParams:
             for ds in datasets:
                 for att, ckpt in backbones.items():
                     att = None if att == "plain" else att
-                    tag = f"{p.imagenet_arch}_{att or 'plain'}"
+                    tag = f"{p.backbone}_{att or 'plain'}"
                     kw = dict(backbone_checkpoint=ckpt) if ckpt else dict(
-                        random_backbone=True, model={"arch": p.imagenet_arch, "attention": att})
+                        random_backbone=True, model={"arch": p.backbone, "attention": att})
                     configs.append(load_transfer_config(
                         f"_recipe_{task}", dataset=ds, name=f"{ds}_{task}_{tag}-embedded-s{p.seed}",
                         **kw, **self._overrides(task)))
@@ -72,6 +72,6 @@ class TransferNotebookParams:
         """The transfer runs of this notebook."""
         p = self.p
         if p.params_files:
-            return [load_transfer_config(f, data_dir=p.data_dir, backbone_checkpoint=p.backbone_checkpoint,
+            return [load_transfer_config(f, data_dir=p.data_dir, backbone_checkpoint=p.checkpoint,
                                          device=p.device) for f in p.params_files]
         return self.embedded_configs(backbones if backbones is not None else self.backbones())
