@@ -41,7 +41,7 @@ test-slow: $(STAMP)
 # All nine notebooks in order, headless; skips those already done with the same parameters (FORCE=1 reruns them).
 # `make reproduce PROFILE=paper DATA_DIR=/data/imagenet` runs them on ImageNet with the paper's recipes.
 reproduce: $(STAMP)
-	$(PY) -m tdam.notebook.reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FORCE),--force)
+	$(PY) -m tdam.notebook.reproduce --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(FORCE),--force) $(if $(filter embedded,$(PROFILE)),--gallery docs/gallery)
 
 $(LAB): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[lab]"

@@ -84,3 +84,17 @@ def test_cli_exit_codes(fake_papermill, capsys):
     assert "02_eval_imagenet" in capsys.readouterr().out
     assert R.main(["--only", "03"]) == 1
     assert R.main(["--profile", "paper"]) == 2 and "needs data_dir" in capsys.readouterr().err
+
+
+def test_gallery_copies_each_notebooks_first_figure(fake_papermill, tmp_path, capsys):
+    gallery = tmp_path / "gallery"
+    assert R.main(["--only", "01", "02", "--gallery", str(gallery)]) == 0
+    assert sorted(p.name for p in gallery.iterdir()) == ["01_train_imagenet.png", "02_eval_imagenet.png", "index.json"]
+    assert (gallery / "02_eval_imagenet.png").read_bytes() == b"png"
+    index = json.loads((gallery / "index.json").read_text())
+    assert index["data"] == "embedded tdam-shapes" and index["figures"]["02_eval_imagenet"]["figure"] == "02_eval_imagenet_fig.png"
+    fake_papermill.clear()
+    assert R.main(["--only", "01", "02", "03", "--gallery", str(gallery)]) == 1    # 03 fails: left out, the rest kept
+    assert [c[0] for c in fake_papermill] == ["03_complexity"]
+    assert sorted(p.name for p in gallery.iterdir()) == ["01_train_imagenet.png", "02_eval_imagenet.png", "index.json"]
+    assert R.main(["--profile", "paper", "--gallery", str(gallery)]) == 2

@@ -56,3 +56,32 @@ def test_papermill_mobilenetv3_default_placement(tmp_path):
     text = _stdout(out)
     assert "mobilenetv3_large_100_td_joint_t2_m1" in text and "final val top-1" in text
     assert "model: {'arch': 'mobilenetv3_large_100'" in text and "'attention': 'td'}" in text
+
+
+def test_real_data_gets_the_paper_recipe_dry_run(tmp_path):
+    """`-p backbone resnet50 -p data_dir <ImageNet-layout folder> -p dry_run True`: no profile named, real data, so
+    the params file's recipe (the paper's: read from the file here, 160 epochs at 224 px for ResNet-50) is resolved,
+    printed first, and nothing is trained."""
+    import re
+
+    import yaml
+
+    from tdam.data import make_shapes_dataset, shapes_root
+    from tdam.paths import params_dir
+    from tdam.train import checkpoint_config
+
+    data = shapes_root(make_shapes_dataset(tmp_path / "somewhere" / "shapes", size="tiny"), "imagenet")
+    recipe = yaml.safe_load((params_dir() / "imagenet" / "_recipe_resnet_large.yaml").read_text())
+    assert (recipe["epochs"], recipe["img_size"]) == (160, 224)        # the file under test says what the paper says
+    out = tmp_path / "01_dry.ipynb"
+    _papermill(out, "-p", "backbone", "resnet50", "-p", "data_dir", data, "-p", "dry_run", "True")
+    text = _stdout(out)
+    first = json.loads(out.read_text())["cells"]
+    first = next(c for c in first if c["cell_type"] == "code" and c.get("outputs")
+                 and "injected-parameters" not in c["metadata"].get("tags", []))
+    shown = "".join("".join(o.get("text", "")) for o in first["outputs"])
+    assert re.search(r"epochs\D{0,20}160\b", shown) and re.search(r"\b224\b", shown), shown
+    assert "paper" in shown and "nothing trained" in text and "final val top-1" not in text
+    cfg = checkpoint_config("resnet50", "td", None, data_dir=data)
+    assert (cfg.epochs, cfg.img_size, cfg.profile) == (160, 224, "paper")
+    assert not cfg.run_dir().exists(), "a dry run wrote a run folder"

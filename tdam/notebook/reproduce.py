@@ -33,7 +33,7 @@ from tdam.validation import check_choice
 
 from .params import NOTEBOOKS
 
-__all__ = ["PROFILES", "ORDER", "notebook_parameters", "reproduce", "main"]
+__all__ = ["PROFILES", "ORDER", "notebook_parameters", "reproduce", "write_gallery", "summary_table", "main"]
 
 PROFILES = ("embedded", "paper")
 ORDER = tuple(sorted(NOTEBOOKS))     # 01 first: it trains what 02-09 evaluate
@@ -115,6 +115,37 @@ def reproduce(profile: str = "embedded", data_dir: str | None = None, *, only: S
     return records
 
 
+def write_gallery(records: Sequence[dict[str, Any]], folder: str | Path) -> list[Path]:
+    """Copy the first figure each notebook wrote (``figures/`` PNGs listed in its record) into ``folder`` as
+    ``<notebook>.png`` (stable names the README links to), with ``index.json`` saying where each came from and what
+    ran it. Records of skipped notebooks are their earlier records, so a resumed reproduction keeps the gallery
+    complete, and a run of some notebooks (``--only``) keeps the others' entries; a notebook that wrote no
+    figure (or failed) is left out. Returns the copied files."""
+    import shutil
+
+    from tdam.evaluation.cost import device_name
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    old = folder / "index.json"
+    copied, index = [], (json.loads(old.read_text()).get("figures", {}) if old.is_file() else {})
+    for r in records:
+        figures = [Path(f) for f in r.get("figures", []) if Path(f).is_file()]
+        if r["status"].startswith("failed") or not figures:
+            continue
+        target = folder / f"{r['notebook']}.png"
+        shutil.copyfile(figures[0], target)
+        copied.append(target)
+        index[r["notebook"]] = {"figure": figures[0].name, "parameters": r.get("parameters", {}),
+                                "notebook_sha256": r.get("notebook_sha256")}
+    import torch
+
+    meta = {"made_by": "make reproduce (python -m tdam.notebook.reproduce --gallery)", "data": "embedded tdam-shapes",
+            "device": device_name(None), "torch": torch.__version__, "figures": index}
+    (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return copied
+
+
 def summary_table(records: Sequence[dict[str, Any]]) -> str:
     """The closing table: notebook, status, wall time, tables and figures written."""
     rows = [("notebook", "status", "wall (s)", "tables", "figures")]
@@ -131,7 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=(), help="notebook numbers or names to run (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun notebooks that are already done")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs to the terminal")
+    parser.add_argument("--gallery", metavar="FOLDER", help="also copy each notebook's first figure into FOLDER "
+                        "(profile 'embedded'; `make reproduce` writes the README's gallery, docs/gallery/)")
     args = parser.parse_args(argv)
+    if args.gallery and args.profile != "embedded":
+        print("error: --gallery shows the embedded-data figures; use it with --profile embedded", file=sys.stderr)
+        return 2
     try:
         records = reproduce(args.profile, args.data_dir, only=args.only, force=args.force, log_output=args.log_output)
     except ValueError as e:
@@ -139,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(summary_table(records))
     print(f"executed notebooks and records: {paths.runs_dir() / 'reproduce' / args.profile}")
+    if args.gallery:
+        print(f"gallery: {len(write_gallery(records, args.gallery))} figures in {args.gallery}")
     return 1 if any(r["status"].startswith("failed") for r in records) else 0
 
 
