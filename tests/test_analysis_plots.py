@@ -33,12 +33,12 @@ def test_attention_shift_grid_layout_and_titles():
     fig = attention_shift_figure(images, results, names, labels=[1, 2],
                                  objects=[[("ring", [0, 0, 3, 3], True), ("disk", [4, 4, 7, 7], False)], []])
     axes = np.array(fig.axes[: 2 * 4]).reshape(2, 4)
-    assert len(fig.axes) == 2 * (1 + 3)  # image + 2 TD steps + 1 plain step per row
+    assert len(fig.axes) == 2 * (1 + 3) + 1  # image + 2 TD steps + 1 plain step per row, and the colour bar
     p = torch.softmax(torch.tensor([2.0, 0.0, 0.0]), 0)[0].item()
-    assert axes[0, 0].get_title() == "label: ring"
-    assert axes[0, 1].get_title() == f"TD, step 1\ndisk ({p:.2f})"
-    assert axes[1, 2].get_title() == f"TD, step 2\nring ({p:.2f})"
-    assert axes[0, 3].get_title() == f"plain, step 1\ncross ({p:.2f})"
+    assert axes[0, 0].get_title() == "image\nlabel: ring"
+    assert axes[0, 1].get_title() == f"TD\nstep 1: disk ({p:.2f})"
+    assert axes[1, 2].get_title() == f"TD\nstep 2: ring ({p:.2f})"
+    assert axes[0, 3].get_title() == f"plain\nstep 1: cross ({p:.2f})"
     assert len(axes[0, 0].patches) == 2 and len(axes[1, 0].patches) == 0  # both objects drawn on the image
     assert all(len(ax.patches) == 1 for ax in axes[:, 1:].flat)  # the step's box
     plt.close(fig)
@@ -55,5 +55,7 @@ def test_entropy_histograms_one_panel_per_block():
         stats[label] = per_block
     fig = entropy_histograms(stats, ["layer4.1", "layer4.2"], title="Fig. 3")
     assert [ax.get_title() for ax in fig.axes] == ["layer4 block 2", "layer4 block 3"]
+    assert fig._suptitle.get_text().endswith("Fig. 3")  # the caller's title under the figure's heading
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["TD", "plain"]  # one colour per model
     assert sum(len(c) for c in fig.axes[0].containers) == 2 * 30  # two models x 30 bins
     plt.close(fig)

@@ -7,7 +7,9 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 
 from tdam import paths
 
-__all__ = ["run_dir", "write_table", "write_json", "save_figure", "provenance", "file_digest"]
+__all__ = ["run_dir", "write_table", "write_json", "figure_name", "save_figure", "provenance", "file_digest"]
 
 
 def run_dir(notebook: str) -> Path:
@@ -60,8 +62,46 @@ def write_json(obj, notebook: str, name: str) -> Path:
     return path
 
 
+EMBEDDED_DATA_TAG = "shapes"  # the data tag of the embedded tdam-shapes set
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _tag(text: str) -> str:
+    """``text`` with each run of characters outside [A-Za-z0-9._-] replaced by one '_', trimmed of '._-' at both
+    ends."""
+    return _UNSAFE.sub("_", str(text)).strip("._-")
+
+
+def _attention_tag(attention: str | None) -> str:
+    return "plain" if attention in (None, "", "plain", "none") else _tag(attention)
+
+
+def figure_name(base: str, *, backbone: str, attention: str | Sequence[str | None] | None, t: int | None = None,
+                data: str | Path | None = None) -> str:
+    """A figure's file stem tagged with the run it shows, so that runs on other models or data never overwrite it:
+    ``<base>-<backbone>-<attention>[-t<t>]-<data>``, e.g. ``figure_name("08_test_resolution", backbone="resnet18",
+    attention=["plain", "td"], t=2)`` -> ``"08_test_resolution-resnet18-plain+td-t2-shapes"``.
+
+    ``attention``: one name or a list joined by '+' in the given order (None or "plain": "plain"); ``t`` None leaves
+    the steps out; ``data`` None or "" is the embedded tdam-shapes set ("shapes"), a path its folder's name
+    (``/data/imagenet`` -> ``imagenet``). Every part is reduced to the characters [A-Za-z0-9._-], so the name is
+    safe as a file name on any file system and depends on nothing but the arguments.
+    """
+    attentions = [attention] if attention is None or isinstance(attention, str) else list(attention)
+    parts = [_tag(base), _tag(backbone), "+".join(_attention_tag(a) for a in attentions)]
+    if t is not None:
+        parts.append(f"t{int(t)}")
+    parts.append(_tag(Path(data).name) if data not in (None, "") else EMBEDDED_DATA_TAG)
+    if not all(parts):
+        raise ValueError(f"figure_name needs a non-empty base, backbone and data tag, got {parts}")
+    return "-".join(parts)
+
+
 def save_figure(fig, name: str) -> list[Path]:
-    """Save a matplotlib figure as ``figures/<name>.png`` and ``.pdf``; returns both paths."""
+    """Save a matplotlib figure as ``figures/<name>.png`` and ``.pdf``; returns both paths. ``name`` is a plain file
+    stem (see :func:`figure_name`): an empty name, a '/' or '\\' in it or a leading '.' is a ValueError."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"figure name must be a plain file stem, got {name!r}")
     out = []
     for ext in ("png", "pdf"):
         p = paths.figures_dir() / f"{name}.{ext}"

@@ -20,37 +20,48 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def plot_curves(history: Sequence[dict[str, Any]] | str | Path, *, title: str = "", chance: float | None = None,
                 save_as: str | None = None, folder: str | Path | None = None):
-    """Two panels: train/val loss and val top-1/top-5 (EMA too when present) against the epoch; ``chance`` (%)
-    draws the uniform-guess line. ``save_as``: file stem written as ``<folder>/<stem>.png`` and ``.pdf``
-    (``folder`` defaults to the repository's ``figures/``). Returns the matplotlib Figure."""
+    """Two panels: train/val loss and val top-1/top-5 (EMA too when present) against the epoch (integer ticks);
+    ``chance`` (%) draws the uniform-guess line. ``title``: the model and the data, e.g. "ResNet-18 TD (t=2, m=1),
+    embedded tdam-shapes"; it follows the figure's heading. ``save_as``: file stem written as ``<folder>/<stem>.png``
+    and ``.pdf`` (``folder`` defaults to the repository's ``figures/``). Returns the matplotlib Figure.
+
+    Printed at the full text width (:data:`tdam.evaluation.figures.PAGE_WIDTH_IN`)."""
+    import matplotlib as mpl
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from tdam.evaluation.figures import PAGE_WIDTH_IN, PRINT_STYLE, figure_title
 
     rows = read_metrics(history) if isinstance(history, (str, Path)) else list(history)
     if not rows:
         raise ValueError("no metrics to plot: the run has not finished an epoch yet")
+    if save_as is not None and (not save_as or "/" in save_as or "\\" in save_as):
+        raise ValueError(f"save_as must be a plain file stem, got {save_as!r}")
     epochs = [r["epoch"] for r in rows]
 
     def series(key: str) -> list[float] | None:
         vals = [r.get(key) for r in rows]
         return None if all(v is None for v in vals) else [float("nan") if v is None else v for v in vals]
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
-    for key, label in (("train_loss", "train (smoothed/mixed targets)"), ("val_loss", "val")):
-        if (ys := series(key)) is not None:
-            ax_loss.plot(epochs, ys, marker="o", ms=3, label=label)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_loss.legend()
-    for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5"), ("ema_val_top1", "EMA val top-1")):
-        if (ys := series(key)) is not None:
-            ax_acc.plot(epochs, ys, marker="o", ms=3, label=label)
-    if chance is not None:
-        ax_acc.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.1f}%)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy", ylim=(0, 100))
-    ax_acc.legend()
-    if title:
-        fig.suptitle(title)
+    with mpl.rc_context(PRINT_STYLE):
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(PAGE_WIDTH_IN, 2.7), layout="constrained")
+        for key, label in (("train_loss", "train (smoothed/mixed targets)"), ("val_loss", "val")):
+            if (ys := series(key)) is not None:
+                ax_loss.plot(epochs, ys, marker="o", ms=3, label=label)
+        ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+        ax_loss.legend()
+        for key, label in (("val_top1", "val top-1"), ("val_top5", "val top-5"), ("ema_val_top1", "EMA val top-1")):
+            if (ys := series(key)) is not None:
+                ax_acc.plot(epochs, ys, marker="o", ms=3, label=label)
+        if chance is not None:
+            ax_acc.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.1f}%)")
+        ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy", ylim=(0, 100))
+        ax_acc.legend()
+        for ax in (ax_loss, ax_acc):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fig.suptitle(figure_title("Training curves", title, width_in=PAGE_WIDTH_IN))
     if save_as:
         out = Path(folder) if folder is not None else figures_dir()
         for ext in ("png", "pdf"):
-            fig.savefig(out / f"{save_as}.{ext}", dpi=150)
+            fig.savefig(out / f"{save_as}.{ext}", bbox_inches="tight", dpi=150)
     return fig

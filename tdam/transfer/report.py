@@ -13,7 +13,7 @@ from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_trans
 
 __all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_table", "PAPER_SETUP",
            "crop_drop_examples", "crop_drop_figure", "transfer_key", "dataset_summary", "chance_level",
-           "save_results", "crop_drop_figures"]
+           "save_results", "crop_drop_figures", "crop_drop_panels"]
 
 # The paper's settings (supplement §1.3, which follows the WS-DAN and ASL recipes): what each run is compared against.
 PAPER_SETUP = {
@@ -185,15 +185,70 @@ def crop_drop_examples(model: torch.nn.Module, images: torch.Tensor, *, seed: in
             "drops": drops, "mean_map": out.attention_maps.mean(1)}
 
 
-def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name: str | None = None):
-    """Figure: validation images, the sampled attention map, the crop box and resized crop, the dropped image.
-    Saved as PNG + PDF under figures/ (``name`` default: 07_transfer_crop_drop_<dataset>)."""
-    import matplotlib
+CROP_BOX_COLOUR = "#ff00ff"  # the crop box, on the jet-coloured attention map
+
+
+def crop_drop_panels(images: torch.Tensor, examples: dict[str, torch.Tensor], *, title: str = ""):
+    """Draw :func:`crop_drop_examples` of ``images`` (N, 3, H, W), normalised with the ImageNet mean/std: one row per
+    image -- the image, the sampled crop attention map with the crop box, the resized crop, the drop attention map,
+    the dropped image -- a legend for the box, a colour bar for the maps. ``title``: the model and the data.
+
+    Printed at the full text width (:data:`tdam.evaluation.figures.PAGE_WIDTH_IN`)."""
+    import matplotlib as mpl
     import matplotlib.pyplot as plt
     import torch.nn.functional as F
 
-    from tdam.paths import figures_dir
     from tdam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from tdam.evaluation.figures import HEATMAP, PAGE_WIDTH_IN, PRINT_STYLE, figure_title, heatmap_colorbar
+
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+
+    def show(x):
+        return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+    def heat(m):  # upsampled to the image, min-max normalised to [0, 1] like the colour bar
+        up = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=True)[0, 0]
+        return ((up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)).numpy()
+
+    n, size = len(images), images.shape[-2:]
+    cols = ["image", "crop attention\nmap + crop box", "attention crop\n(resized)", "drop attention\nmap",
+            "attention drop"]
+    panel = PAGE_WIDTH_IN / len(cols)
+    with mpl.rc_context(PRINT_STYLE):
+        fig, axes = plt.subplots(n, len(cols), figsize=(PAGE_WIDTH_IN, n * panel + 1.3), squeeze=False,
+                                 layout="constrained")
+        for r in range(n):
+            h0, h1, w0, w1 = examples["boxes"][r].tolist()
+            panels = [(show(images[r]), None), (show(images[r]), heat(examples["crop_maps"][r])),
+                      (show(examples["crops"][r]), None), (show(images[r]), heat(examples["drop_maps"][r])),
+                      (show(examples["drops"][r]), None)]
+            for c, (img, hm) in enumerate(panels):
+                ax = axes[r][c]
+                ax.imshow(img)
+                if hm is not None:
+                    ax.imshow(hm, cmap=HEATMAP, alpha=0.45, vmin=0, vmax=1)
+                if c == 1:
+                    ax.add_patch(mpl.patches.Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0, h1 - h0, fill=False,
+                                                       edgecolor=CROP_BOX_COLOUR, lw=1.2))
+                ax.set_xticks([]), ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(cols[c])
+        box = mpl.patches.Patch(fill=False, edgecolor=CROP_BOX_COLOUR, lw=1.2,
+                                label="crop box: where the crop map ≥ θ × its maximum, padded")
+        fig.legend(handles=[box], loc="outside lower center", frameon=False)
+        heatmap_colorbar(fig, axes, "attention map, normalised to [0, 1]")
+        fig.suptitle(figure_title("WS-DAN attention cropping and dropping (training-time augmentation)", title,
+                                  width_in=PAGE_WIDTH_IN))
+    return fig
+
+
+def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name: str | None = None):
+    """Figure of :func:`crop_drop_panels` for ``n`` validation images of a WS-DAN run, titled with the dataset and
+    the backbone. Saved as PNG + PDF under figures/, by default as
+    ``07_transfer_crop_drop_<dataset>-<backbone>-<attention>[-t<t>]-<data>`` (:func:`tdam.notebook.figure_name`), so
+    runs on other backbones or data keep their own files; ``name`` overrides the file stem."""
+    from tdam.models import TD_OPTION_DEFAULTS
+    from tdam.notebook.outputs import figure_name, save_figure
 
     if result.config.task != "wsdan":
         raise ValueError("crop/drop examples need a WS-DAN run")
@@ -201,37 +256,15 @@ def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name:
     idx = torch.linspace(0, len(val_set) - 1, n).long().tolist()
     images = torch.stack([val_set[i][0] for i in idx])
     ex = crop_drop_examples(result.model(), images, seed=seed)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-
-    def show(x):
-        return (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
-
-    size = images.shape[-2:]
-    cols = ["image", "crop attention map + box", "attention crop", "drop attention map", "attention drop"]
-    fig, axes = plt.subplots(n, 5, figsize=(10, 2.1 * n), squeeze=False)
-    for r in range(n):
-        up_c = F.interpolate(ex["crop_maps"][r][None, None], size=size, mode="bilinear", align_corners=True)[0, 0]
-        up_d = F.interpolate(ex["drop_maps"][r][None, None], size=size, mode="bilinear", align_corners=True)[0, 0]
-        h0, h1, w0, w1 = ex["boxes"][r].tolist()
-        panels = [(show(images[r]), None), (show(images[r]), up_c), (show(ex["crops"][r]), None),
-                  (show(images[r]), up_d), (show(ex["drops"][r]), None)]
-        for c, (img, heat) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(img)
-            if heat is not None:
-                ax.imshow(heat.numpy(), cmap="jet", alpha=0.45)
-            if c == 1:
-                ax.add_patch(matplotlib.patches.Rectangle((w0 - 0.5, h0 - 0.5), w1 - w0, h1 - h0, fill=False,
-                                                          edgecolor="white", lw=1.5))
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(cols[c], fontsize=8)
-    fig.suptitle(f"WS-DAN attention cropping / dropping, {result.config.dataset}, {_backbone_label(result.config)}",
-                 fontsize=9)
-    fig.tight_layout()
-    stem = name or f"07_transfer_crop_drop_{result.config.dataset}"
-    for ext in ("png", "pdf"):
-        fig.savefig(figures_dir() / f"{stem}.{ext}", dpi=150)
+    cfg = result.config
+    data = cfg.data_dir or f"embedded tdam-shapes ({cfg.data_size})"
+    fig = crop_drop_panels(images, ex, title=f"{_backbone_label(cfg)} on {cfg.dataset}, {data} val")
+    model = cfg.train.model
+    t = {**TD_OPTION_DEFAULTS, **{k: v for k, v in model.items() if v is not None}}["t"] \
+        if model.get("attention") == "td" else None
+    stem = name or figure_name(f"07_transfer_crop_drop_{cfg.dataset}", backbone=model["arch"],
+                               attention=model.get("attention"), t=t, data=cfg.data_dir)
+    save_figure(fig, stem)
     return fig
 
 
