@@ -5,13 +5,15 @@ the trainer) and their result files and provenance (:mod:`~tdam.notebook.outputs
 Typical cells: ``p = nb.parameters("06_weak_localization", globals())``, ``td, base = nb.load_pair(p)``,
 ``nb.write_table(table, RUN, "localization")``.
 """
-from .outputs import file_digest, provenance, run_dir, save_figure, write_json, write_table
+from .outputs import (data_label, figure_name, file_digest, provenance, run_dir, run_figure_name, save_figure,
+                      write_json, write_table)
 from .params import NOTEBOOKS, VALIDATORS, Params, UnknownParameterError, notebook_defaults, parameters
 from .runs import (ablation_config, ablation_run, at_steps, checkpoint, evaluated_checkpoints, load_pair,
                    resolve_checkpoint)
 
 __all__ = [
-    "file_digest", "provenance", "run_dir", "save_figure", "write_json", "write_table",
+    "data_label", "figure_name", "file_digest", "provenance", "run_dir", "run_figure_name", "save_figure",
+    "write_json", "write_table",
     "NOTEBOOKS", "VALIDATORS", "Params", "UnknownParameterError", "notebook_defaults", "parameters",
     "ablation_config", "ablation_run", "at_steps", "checkpoint", "evaluated_checkpoints", "load_pair",
     "resolve_checkpoint",

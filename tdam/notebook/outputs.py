@@ -18,7 +18,7 @@ import torch
 
 from tdam import paths
 
-__all__ = ["run_dir", "write_table", "write_json", "figure_name", "save_figure", "provenance", "file_digest"]
+__all__ = ["run_figure_name", "data_label", "run_dir", "write_table", "write_json", "figure_name", "save_figure", "provenance", "file_digest"]
 
 
 def run_dir(notebook: str) -> Path:
@@ -95,6 +95,25 @@ def figure_name(base: str, *, backbone: str, attention: str | Sequence[str | Non
     if not all(parts):
         raise ValueError(f"figure_name needs a non-empty base, backbone and data tag, got {parts}")
     return "-".join(parts)
+
+
+def run_figure_name(base: str, models: Sequence[Mapping], *, t: int | None = None,
+                    data: str | Path | None = None) -> str:
+    """:func:`figure_name` of a figure showing ``models`` (their ``model_config`` mappings; the first one's
+    backbone): the attentions in order and, when a TD model is among them, its steps ``t`` (given: the steps it was
+    evaluated at; else its trained t, ``create_model``'s default when unset)."""
+    from tdam.models import TD_OPTION_DEFAULTS
+
+    td = [m for m in models if m.get("attention") == "td"]
+    if td and t is None:
+        t = td[0].get("t") or TD_OPTION_DEFAULTS["t"]
+    return figure_name(base, backbone=models[0]["arch"], attention=[m.get("attention") for m in models],
+                       t=t if td else None, data=data)
+
+
+def data_label(data_dir: str | Path | None, split: str = "val") -> str:
+    """The data in a figure title: ``embedded tdam-shapes val`` or the folder's name and split (``imagenet val``)."""
+    return f"{'embedded tdam-shapes' if data_dir in (None, '') else Path(data_dir).name} {split}"
 
 
 def save_figure(fig, name: str) -> list[Path]:
