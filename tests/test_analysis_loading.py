@@ -184,6 +184,22 @@ def test_load_run_refuses_data_with_another_class_count(tmp_path, shapes_tiny):
         load_run(_checkpoint(tmp_path / "emb.pth", 3, None))
 
 
+def test_class_count_check_names_the_training_data():
+    from tdam import create_model
+    from tdam.evaluation import ClassCountError, eval_dataset
+    from tdam.evaluation.data import check_data, trained_on
+
+    assert trained_on({"data_dir": None}) == "data_dir=None: the embedded tdam-shapes data"
+    assert trained_on({"data_dir": "/data/in1k"}) == "data_dir='/data/in1k'"
+    authors = create_model("resnet18")          # 1000 classes, no trainer run config
+    from tdam.data import dataset_root
+
+    ds = eval_dataset("imagenet", dataset_root("imagenet", None, size="tiny"), img_size=32)
+    with pytest.raises(ClassCountError, match="predicts 1000 classes .* has 12: .*records no training data: give "
+                                              "data_dir=<the folder it was trained on>"):
+        check_data(authors, ds, {})
+
+
 def test_v2_only_for_a_given_folder_or_an_all_embedded_run(shapes_tiny, tmp_path):
     from tdam.evaluation import v2_root
 

@@ -129,7 +129,8 @@ def test_class_count_mismatch_is_refused_before_any_forward_pass(shapes_tiny):
     with pytest.raises(ClassCountError) as err:
         evaluate(model, loader)
     assert isinstance(err.value, ValueError)
-    assert str(err.value) == f"the model predicts 3 classes but {root} has 12: evaluate it on the data it was trained on"
+    assert str(err.value) == (f"the model predicts 3 classes but {root} has 12: evaluate it on the data it was "
+                              "trained on")
 
 
 def test_class_count_of_models():

@@ -88,7 +88,10 @@ def eval_root(config: Mapping, data_dir: str | Path | None = None, *, kind: str 
 
 def trained_on(config: Mapping) -> str:
     """The data a run was trained on, as an argument that evaluates on it, e.g. "data_dir=None: the embedded
-    tdam-shapes data" or "data_dir='/data/imagenet'"."""
+    tdam-shapes data" or "data_dir='/data/imagenet'"; for a checkpoint without a trainer run config (e.g. the
+    authors'), a request for that data's folder."""
+    if "data_dir" not in config:
+        return "the checkpoint records no training data: give data_dir=<the folder it was trained on>"
     d = run_data_settings(config)["data_dir"]
     return "data_dir=None: the embedded tdam-shapes data" if not d else f"data_dir={str(d)!r}"
 
