@@ -40,6 +40,12 @@ def run(checkpoint):
 def test_load_run_rebuilds_model_and_data(run, shapes_tiny):
     assert run.label == "resnet18 TD-joint t2 m1" == model_label(run.model_config)
     assert not run.model.training
+    assert run.data_dir is None  # the embedded data: not the paper's setting
+    assert run.paper_setting("table3").reason == (
+        "resnet18 TD-joint t2 m1 is not a model of Table 3 (resnet50 plain, resnet50 TD-top t2 m3, resnet50 TD-joint "
+        "t2 m1); embedded tdam-shapes data, not ImageNet; 12 classes, not ImageNet's 1000; evaluated at 64 px, not the "
+        "paper's 224 px")
+    assert run.paper_setting("table1").model_row["method"] == "TDjoint(t=2;m=1)" and run.paper_setting().row is None
     assert run.dataset.root == shapes_tiny / "imagenet" and run.dataset.split == "val"
     x, y = run.dataset[0]
     assert x.shape == (3, 64, 64)
@@ -152,3 +158,61 @@ def test_attention_shift_tables(run):
     table = steps_table({"td": steps}, labels, run.class_names, two, (64, 64))
     assert len(table) == 2 * len(two) and set(table["step"]) == {1, 2}
     assert table["correct"].tolist() == [bool(s.prediction[j] == labels[j]) for s in steps for j in range(len(two))]
+
+
+def _checkpoint(path, num_classes, data_dir):
+    from tdam import create_model
+    from tdam.checkpoint import save_checkpoint
+    from tdam.train.config import TrainConfig
+
+    cfg = TrainConfig(model={"arch": "resnet18", "num_classes": num_classes}, img_size=64, data_size="tiny",
+                      epochs=1).to_dict()
+    cfg["data_dir"] = data_dir
+    model = create_model("resnet18", num_classes=num_classes)
+    save_checkpoint({"model": model.state_dict(), "model_config": model.model_config, "config": cfg, "epoch": 1},
+                    path)
+    return path
+
+
+def test_load_run_refuses_data_with_another_class_count(tmp_path, shapes_tiny):
+    from tdam.evaluation import ClassCountError
+
+    root = shapes_tiny / "imagenet"
+    ckpt = _checkpoint(tmp_path / "user.pth", 3, "/data/user-3cls")
+    with pytest.raises(ClassCountError) as err:
+        load_run(ckpt, data_dir=str(root))
+    assert str(err.value) == (f"the model predicts 3 classes but {root} has 12: evaluate it on the data it was "
+                              "trained on (data_dir='/data/user-3cls')")
+    with pytest.raises(ClassCountError, match="data_dir=None: the embedded tdam-shapes data"):
+        load_run(_checkpoint(tmp_path / "emb.pth", 3, None))
+
+
+def test_class_count_check_names_the_training_data():
+    from tdam import create_model
+    from tdam.evaluation import ClassCountError, eval_dataset
+    from tdam.evaluation.data import check_data, trained_on
+
+    assert trained_on({"data_dir": None}) == "data_dir=None: the embedded tdam-shapes data"
+    assert trained_on({"data_dir": "/data/in1k"}) == "data_dir='/data/in1k'"
+    authors = create_model("resnet18")          # 1000 classes, no trainer run config
+    from tdam.data import dataset_root
+
+    ds = eval_dataset("imagenet", dataset_root("imagenet", None, size="tiny"), img_size=32)
+    with pytest.raises(ClassCountError, match="predicts 1000 classes .* has 12: .*records no training data: give "
+                                              "data_dir=<the folder it was trained on>"):
+        check_data(authors, ds, {})
+
+
+def test_v2_only_for_a_given_folder_or_an_all_embedded_run(shapes_tiny, tmp_path):
+    from tdam.evaluation import v2_root
+
+    embedded = {"dataset": "imagenet", "data_dir": None, "data_size": "tiny"}
+    real = {**embedded, "data_dir": "/data/imagenet"}
+    assert v2_root(str(tmp_path), None, real) == (tmp_path, f"ImageNet-V2 from {tmp_path}")
+    root, why = v2_root(None, None, embedded)
+    assert root == shapes_tiny / "imagenet_v2" and root.is_dir() and why.startswith("the embedded ImageNet-V2")
+    assert v2_root(None, None, real) == (None, "no v2_dir given and the model was not trained on the embedded data: "
+                                               "ImageNet-V2 skipped")
+    assert v2_root(None, "/data/imagenet", embedded)[0] is None      # trained on embedded, evaluated elsewhere
+    assert v2_root("", "", {**embedded, "dataset": "cub200"})[1].startswith(
+        "no v2_dir given and the model was trained on cub200, not ImageNet")

@@ -116,3 +116,29 @@ def test_plain_model_and_per_class():
     assert pc.images.sum() == 16
     top1 = float((preds == tg).float().mean()) * 100
     assert res.summary().set_index("key").loc["last", "top1"] == pytest.approx(top1)
+
+
+def test_class_count_mismatch_is_refused_before_any_forward_pass(shapes_tiny):
+    from tdam.evaluation import ClassCountError, eval_dataset, eval_loader
+
+    torch.manual_seed(0)
+    model = tdam.create_model("resnet18", num_classes=3)
+    model.register_forward_pre_hook(lambda *_: pytest.fail("the model ran before the class-count check"))
+    root = shapes_tiny / "imagenet"
+    loader = eval_loader(eval_dataset("imagenet", root, img_size=32), batch_size=4, max_images=8)
+    with pytest.raises(ClassCountError) as err:
+        evaluate(model, loader)
+    assert isinstance(err.value, ValueError)
+    assert str(err.value) == (f"the model predicts 3 classes but {root} has 12: evaluate it on the data it was "
+                              "trained on")
+
+
+def test_class_count_of_models():
+    from tdam.evaluation.classes import model_num_classes
+
+    assert model_num_classes(tdam.create_model("resnet18", num_classes=7)) == 7
+    head_only = torch.nn.Module()
+    head_only.get_classifier = lambda: torch.nn.Linear(4, 5)
+    assert model_num_classes(head_only) == 5
+    with pytest.raises(ValueError, match="cannot tell how many classes Linear predicts"):
+        model_num_classes(torch.nn.Linear(2, 2))

@@ -13,8 +13,8 @@ from tdam.evaluation.ablations import TABLE2_SETS, table2_entries
 from tdam.evaluation.classification import EvalResult
 from tdam.evaluation.figures import legend_label, resolution_table
 from tdam.notebook import provenance
-from tdam.reference import (ablation_table, accuracy_table, beside_paper, model_key, paper_resolutions, paper_table,
-                            table1_specs)
+from tdam.reference import (ablation_table, accuracy_table, beside_paper, model_key, paper_resolutions, paper_setting,
+                            paper_table, table1_specs)
 
 
 
@@ -44,15 +44,91 @@ def test_model_key_and_beside_paper():
     assert np.isnan(out.paper_v1_top1.iloc[2]) and np.isnan(out.diff_v1_top1.iloc[2])  # no such paper row
 
 
-def test_accuracy_table_puts_paper_row_beside_each_metric():
-    n = 10
-    c = {k: np.tile(np.array([[True, True]] * 5 + [[False, True]] * 5), (1, 1)) for k in ("last", "unique_box")}
-    res = EvalResult(topk=(1, 5), targets=np.zeros(n, dtype=np.int64), correct=c, step_correct=None, seconds=1.0)
+def _result(n=10):
+    c = {k: np.array([[True, True]] * 5 + [[False, True]] * 5) for k in ("last", "unique_box")}
+    return EvalResult(topk=(1, 5), targets=np.zeros(n, dtype=np.int64), correct=c, step_correct=None, seconds=1.0)
+
+
+def test_accuracy_table_puts_paper_row_beside_each_metric_in_the_papers_setting():
+    res = _result()
     cfg = {"arch": "resnet18", "attention": "td", "t": 2, "m": 1, "td_mode": "joint"}
-    tab = accuracy_table({"v1": res, "v2": res}, cfg)
+    tab = accuracy_table({"v1": res, "v2": res}, cfg, num_classes=1000, img_size=224, imagenet=True)
     assert tab.metric.tolist() == ["last", "paper (unique-box)"]
     assert (tab.v1_top1 == 50.0).all() and (tab.paper_v1_top1 == 71.55).all() and (tab.paper_v2_top5 == 81.53).all()
     assert tab.diff_v2_top1.iloc[0] == pytest.approx(50.0 - 59.31)
+    assert tab.columns.tolist() == ["metric", "v1_images", "v2_images", "v1_top1", "paper_v1_top1", "diff_v1_top1",
+                                    "v1_top5", "paper_v1_top5", "diff_v1_top5", "v2_top1", "paper_v2_top1",
+                                    "diff_v2_top1", "v2_top5", "paper_v2_top5", "diff_v2_top5", "comparison"]
+    assert (tab.comparison == "paper setting").all()
+
+
+@pytest.mark.parametrize("cfg, setting, reason", [
+    ({"arch": "resnet18", "attention": "td"}, dict(num_classes=12, img_size=64, imagenet=False),
+     "embedded tdam-shapes data, not ImageNet; 12 classes, not ImageNet's 1000; "
+     "evaluated at 64 px, not the paper's 224 px"),
+    ({"arch": "resnet18", "attention": "td"}, dict(num_classes=3, img_size=224, imagenet=True),
+     "3 classes, not ImageNet's 1000"),
+    ({"arch": "resnet18", "attention": "td"}, dict(num_classes=1000, img_size=160, imagenet=True),
+     "evaluated at 160 px, not the paper's 224 px"),
+    ({"arch": "resnet18", "attention": "td", "m": 3}, dict(num_classes=1000, img_size=224, imagenet=True),
+     "resnet18 TD-joint t2 m3 is not a row of Table 1"),
+    ({"arch": "resnet50", "attention": "td", "td_mode": "top", "m": 2}, dict(num_classes=1000, img_size=224,
+                                                                             imagenet=True),
+     "resnet50 TD-top t2 m2 is not a row of Table 1"),       # a ResNet-18/34 row, not a ResNet-50 one
+])
+def test_accuracy_table_outside_the_papers_setting_shows_no_paper_number(cfg, setting, reason):
+    res = _result()
+    tab = accuracy_table({"v1": res, "v2": res}, cfg, **setting)
+    assert not [c for c in tab.columns if c.startswith(("paper_", "diff_"))]
+    assert tab.columns.tolist() == ["metric", "v1_top1", "v1_top5", "v1_images", "v2_top1", "v2_top5", "v2_images",
+                                    "comparison"]
+    assert (tab.comparison == reason).all() and (tab.v1_top1 == 50.0).all()
+
+
+def test_paper_setting_rule():
+    base = dict(num_classes=1000, img_size=224, imagenet=True)
+    s = paper_setting({"arch": "resnet101", "attention": "td", "td_stages": [4]}, **base)
+    assert s.matches and s.reason == "paper setting" and s.row["method"] == "TDjoint(t=2;m=1;L4)"
+    assert paper_setting({"arch": "resnet101", "attention": "td"}, **base).row["method"] == "TDjoint(t=2;m=1)"
+    assert paper_setting({"arch": "resnet50", "attention": "se"}, **base).row["v1_top1"] == 78.03
+    assert paper_setting({"arch": "resnet50", "attention": None}, **base).row["method"] == "ResNet"
+    # the row's model but not its data: the model row is known, the setting does not match
+    s = paper_setting({"arch": "resnet50"}, num_classes=12, img_size=224, imagenet=True)
+    assert s.model_row["method"] == "ResNet" and s.row is None and s.reason == "12 classes, not ImageNet's 1000"
+    # options that change the model away from every paper row
+    for off, text in (({"td_order": "spatial"}, "td_order='spatial'"), ({"td_pool": "max"}, "td_pool='max'"),
+                      ({"td_blocks": {3: [0, 1]}}, "td_blocks={3: [0, 1]}")):
+        s = paper_setting({"arch": "resnet50", "attention": "td", **off}, **base)
+        assert s.row is None and s.reason == f"resnet50 TD-joint t2 m1 ({text}) is not a row of Table 1"
+    assert paper_setting({"arch": "resnet50", "attention": "se", "attn_stages": [3, 4]}, **base).row is None
+    # ResNet-101's default layer3 subset written out is still the paper's model
+    assert paper_setting({"arch": "resnet101", "attention": "td", "td_blocks": {"3": [0, 1, 2, 8, 13, 18, 22]}},
+                         **base).matches
+    # Table 3: ResNet-50 models only
+    s = paper_setting({"arch": "resnet50", "attention": "td", "td_mode": "top", "m": 3}, table="table3", **base)
+    assert s.row == {"backbone": "resnet50", "column": "tdtop_t2_m3"}
+    s = paper_setting({"arch": "resnet18"}, table="table3", **base)
+    assert s.row is None and s.reason == ("resnet18 plain is not a model of Table 3 (resnet50 plain, resnet50 TD-top "
+                                          "t2 m3, resnet50 TD-joint t2 m1)")
+    # Table 2: named rows, the 200-class subset
+    s = paper_setting({"arch": "resnet18"}, table="table2", ablation=("steps_200cls", "TDt(t=3)"),
+                      **{**base, "num_classes": 200})
+    assert s.matches and s.row["v1_top1"] == 75.34
+    s = paper_setting({"arch": "resnet18"}, table="table2", ablation=("steps_200cls", "TDt(t=3)"), **base)
+    assert s.reason == "1000 classes, not the paper's 200-class ImageNet subset"
+    assert paper_setting({"arch": "resnet50"}, num_classes=None, img_size=224, imagenet=True).reason == \
+        "class count not recorded"
+    with pytest.raises(ValueError, match="unknown paper table 'table4'; valid"):
+        paper_setting({"arch": "resnet50"}, table="table4", **base)
+    with pytest.raises(ValueError, match="ablation"):
+        paper_setting({"arch": "resnet50"}, table="table2", **base)
+
+
+def test_model_key_takes_create_models_defaults():
+    assert model_key({"arch": "resnet50", "attention": "td", "t": None, "m": 0, "td_mode": "top"}) == {
+        "backbone": "resnet50", "attention": "td", "td_mode": "top", "t": 2, "m": 0, "td_stages": "3+4"}
+    assert model_key({"arch": "mobilenetv3_large_100", "attention": "td"})["td_stages"] == "4+5+6"
+    assert model_key({"arch": "resnet101", "attention": "td", "td_stages": [4]})["td_stages"] == "4"
 
 
 def test_resolution_legend():
@@ -75,9 +151,12 @@ def test_ablation_index_covers_table2_and_configs_build():
         assert tdam.is_td_model(model) == (kw.get("attention") == "td"), e
     with pytest.raises(ValueError, match="unknown Table 2 set"):
         table2_entries(["nope"])
-    row = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0}
+    row = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0,
+           "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000}
     tab = ablation_table([row])
     assert tab.paper_v1_top1.iloc[0] == 76.77 and tab.diff_v1_top1.iloc[0] == pytest.approx(70.0 - 76.77)
+    with pytest.raises(ValueError, match=r"need \['backbone', 'data', 'img_size'\].*missing \['data', 'img_size'\]"):
+        ablation_table([{k: v for k, v in row.items() if k not in ("data", "img_size")}])
 
 
 def test_notebook_params_validate(tmp_path):
@@ -151,13 +230,21 @@ def test_provenance_is_json_ready(tmp_path):
 
 def test_ablation_table_compares_only_in_the_papers_setting():
     base = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0}
-    rows = [{**base, "backbone": "resnet50", "data": "imagenet", "img_size": 224},     # the paper's setting
-            {**base, "backbone": "resnet50", "data": "embedded", "img_size": 64},      # sizes only
-            {**base, "backbone": "resnet18", "data": "embedded", "img_size": 64}]      # nothing
+    rows = [{**base, "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000},  # the paper's
+            {**base, "backbone": "resnet50", "data": "embedded", "img_size": 64, "num_classes": 12},    # sizes only
+            {**base, "backbone": "resnet18", "data": "embedded", "img_size": 64, "num_classes": 12},    # nothing
+            {**base, "backbone": "resnet50", "data": "imagenet", "img_size": 224},                      # sizes only
+            {**base, "row": "SE extra", "backbone": "resnet50", "data": "imagenet", "img_size": 224,
+             "num_classes": 1000}]                                                                      # nothing
     tab = ablation_table(rows)
     acc, size = ["paper_v1_top1", "diff_v1_top1", "paper_v1_top5", "diff_v1_top5"], ["paper_params_M", "diff_gflops"]
     assert tab.loc[0, acc + size].notna().all() and tab.loc[0, "comparison"] == "paper setting"
     assert tab.loc[1, acc].isna().all() and tab.loc[1, size].notna().all()
-    assert tab.loc[1, "comparison"] == "embedded tdam-shapes data, not ImageNet"
-    assert tab.loc[2, acc + size].isna().all() and tab.loc[2, "comparison"] == "resnet18, the paper's row is resnet50"
+    assert tab.loc[1, "comparison"] == ("embedded tdam-shapes data, not ImageNet; 12 classes, not ImageNet's 1000; "
+                                        "evaluated at 64 px, not the paper's 224 px")
+    assert tab.loc[2, acc + size].isna().all()
+    assert tab.loc[2, "comparison"].startswith("resnet18, the paper's row is resnet50; embedded tdam-shapes data")
+    assert tab.loc[3, acc].isna().all() and tab.loc[3, size].notna().all()
+    assert tab.loc[3, "comparison"] == "class count not recorded"
+    assert tab.loc[4, acc + size].isna().all() and tab.loc[4, "comparison"] == "not a paper row"
     assert (tab.v1_top1 == 70.0).all()                                  # our numbers always shown

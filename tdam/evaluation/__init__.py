@@ -1,6 +1,7 @@
 """Evaluating trained models over data (no training: models come as checkpoints, see :mod:`tdam.notebook`).
 
 Modules: :mod:`~tdam.evaluation.data` (evaluation datasets, a checkpoint's model with its data, batches with boxes),
+:mod:`~tdam.evaluation.classes` (the model's class count must be the data's: :class:`ClassCountError`),
 :mod:`~tdam.evaluation.classification` (Table 1 accuracy: last / most-confident / unique-box, accuracy against t,
 per-class), :mod:`~tdam.evaluation.localization` (Top-1 / Top-5 / GT-known Loc), :mod:`~tdam.evaluation.selectivity`
 (Table 3, Figs. 3-4), :mod:`~tdam.evaluation.attention_shift` (Fig. 1 as tables), :mod:`~tdam.evaluation.cost`
@@ -8,8 +9,9 @@ per-class), :mod:`~tdam.evaluation.localization` (Top-1 / Top-5 / GT-known Loc),
 :mod:`~tdam.evaluation.figures` (the figures). Maps and boxes come from :mod:`tdam.cam`, per-image metrics from
 :mod:`tdam.metrics`, the paper's numbers from :mod:`tdam.reference`.
 """
+from .classes import ClassCountError
 from .classification import EvalResult, accuracy_vs_steps, batch_metrics, evaluate
-from .data import EvalRun, eval_dataset, eval_loader, load_run
+from .data import EvalRun, eval_dataset, eval_loader, load_run, v2_root
 
-__all__ = ["EvalResult", "accuracy_vs_steps", "batch_metrics", "evaluate", "EvalRun", "eval_dataset", "eval_loader",
-           "load_run"]
+__all__ = ["ClassCountError", "EvalResult", "accuracy_vs_steps", "batch_metrics", "evaluate", "EvalRun",
+           "eval_dataset", "eval_loader", "load_run", "v2_root"]

@@ -28,6 +28,8 @@ from tdam.cam import boxes_from_maps, step_maps
 from tdam.metrics import most_confident_correct, topk_correct, unique_box_correct
 from tdam.models import is_td_model
 
+from .classes import check_class_count
+
 __all__ = [
     "TD_METRICS",
     "EvalResult",
@@ -138,10 +140,16 @@ def evaluate(
 
     ``td_metrics=False`` measures plain top-k of ``model(x)`` only (the baseline cost for the speed comparison).
     The model is put in eval mode and on ``device`` (default: the model's device).
+
+    Raises :class:`~tdam.evaluation.classes.ClassCountError`, before any image is computed, when ``loader.dataset``
+    lists a different number of classes than the model predicts (a loader without a dataset that lists its classes,
+    e.g. a list of batches, is not checked).
     """
     topk = tuple(int(k) for k in topk)
     if not topk or min(topk) < 1:
         raise ValueError(f"topk must be positive integers, got {topk}")
+    if getattr(loader, "dataset", None) is not None:
+        check_class_count(model, loader.dataset)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
     if channels_last:

@@ -3,7 +3,8 @@ batches of images with their ground-truth boxes in the evaluated crop's pixels.
 
 A trainer checkpoint carries its run config: the model is rebuilt from it (:func:`tdam.checkpoint.load_model`) and the
 evaluation data (dataset, eval transform, box geometry) follows that config unless a ``data_dir`` is given, so a model
-trained on the embedded tdam-shapes data is evaluated on the same data and at the same input size.
+trained on the embedded tdam-shapes data is evaluated on the same data and at the same input size. Data with another
+class count than the model's is refused (:class:`~tdam.evaluation.classes.ClassCountError`).
 """
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ from torch.utils.data import DataLoader, Subset
 
 from tdam.validation import resolve_device
 
+from .classes import check_class_count
+
 if TYPE_CHECKING:
     from tdam.data import Geometry, ImageDataset
+    from tdam.reference import Setting
 
 __all__ = [
-    "eval_dataset", "eval_loader", "run_data_settings", "EvalRun", "load_run", "model_label", "crop_boxes",
+    "eval_dataset", "eval_loader", "run_data_settings", "eval_data_dir", "eval_root", "trained_on", "check_data",
+    "v2_root", "EvalRun", "load_run", "model_label", "crop_boxes",
     "crop_objects", "two_object_indices", "choose_images", "sample_indices", "spread", "load_images",
     "image_batches", "localization_batches",
 ]
@@ -65,12 +70,66 @@ def run_data_settings(config: Mapping) -> dict:
             "interpolation": config.get("interpolation", "bilinear")}
 
 
+def eval_data_dir(config: Mapping, data_dir: str | Path | None = None) -> str | None:
+    """The data folder a run is evaluated on: ``data_dir`` when given (not None or ''), else the one its run config
+    trained on; None: the embedded tdam-shapes data."""
+    found = data_dir or run_data_settings(config)["data_dir"]
+    return str(found) if found else None
+
+
+def eval_root(config: Mapping, data_dir: str | Path | None = None, *, kind: str | None = None) -> Path:
+    """The dataset root a run is evaluated on (:func:`eval_data_dir`; the embedded data at the run's ``data_size``),
+    for the run's dataset kind or ``kind``."""
+    from tdam.data import dataset_root
+
+    s = run_data_settings(config)
+    return dataset_root(kind or s["dataset"], eval_data_dir(config, data_dir), size=s["data_size"])
+
+
+def trained_on(config: Mapping) -> str:
+    """The data a run was trained on, as an argument that evaluates on it, e.g. "data_dir=None: the embedded
+    tdam-shapes data" or "data_dir='/data/imagenet'"; for a checkpoint without a trainer run config (e.g. the
+    authors'), a request for that data's folder."""
+    if "data_dir" not in config:
+        return "the checkpoint records no training data: give data_dir=<the folder it was trained on>"
+    d = run_data_settings(config)["data_dir"]
+    return "data_dir=None: the embedded tdam-shapes data" if not d else f"data_dir={str(d)!r}"
+
+
+def check_data(model: nn.Module, dataset, config: Mapping) -> None:
+    """Refuse (:class:`~tdam.evaluation.classes.ClassCountError`) evaluation data whose class count is not the
+    model's, naming the data the run (``config``: the checkpoint's run config) was trained on."""
+    check_class_count(model, dataset, trained_on=trained_on(config))
+
+
+def v2_root(v2_dir: str | Path | None, data_dir: str | Path | None, train_config: Mapping) -> tuple[Path | None, str]:
+    """The ImageNet-V2 root to evaluate a run on, or None, with a one-line reason.
+
+    ``v2_dir`` given: that folder. Else the embedded ImageNet-V2 stand-in, but only when the whole run is on the
+    embedded data (trained on it, per ``train_config``, and evaluated on it: no ``data_dir``); a model trained or
+    evaluated on other data has nothing to gain from the stand-in, so V2 is skipped.
+    """
+    if v2_dir:
+        return Path(v2_dir).expanduser(), f"ImageNet-V2 from {v2_dir}"
+    s = run_data_settings(train_config)
+    if s["dataset"] != "imagenet":
+        return None, f"no v2_dir given and the model was trained on {s['dataset']}, not ImageNet: ImageNet-V2 skipped"
+    if s["data_dir"]:
+        return None, "no v2_dir given and the model was not trained on the embedded data: ImageNet-V2 skipped"
+    if data_dir:
+        return None, ("no v2_dir given and the model is evaluated on data_dir, not the embedded data: "
+                      "ImageNet-V2 skipped")
+    return (eval_root(train_config, kind="imagenet_v2"),
+            "the embedded ImageNet-V2 stand-in (the run is on the embedded data)")
+
+
 @dataclass
 class EvalRun:
     """A trained model ready for evaluation, with the data it is evaluated on.
 
     ``config`` is the run config stored in the checkpoint (a dict); ``geometry`` maps original-image boxes to the
-    evaluated crop; ``mean``/``std`` undo the input normalisation.
+    evaluated crop; ``mean``/``std`` undo the input normalisation; ``data_dir`` is the data folder evaluated (None:
+    the embedded tdam-shapes data).
     """
 
     label: str
@@ -82,6 +141,7 @@ class EvalRun:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
+    data_dir: str | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -95,15 +155,22 @@ class EvalRun:
     def img_size(self) -> int:
         return run_data_settings(self.config)["img_size"]
 
+    def paper_setting(self, table: str = "table1") -> Setting:
+        """Whether this run is in the setting of paper ``table`` (:func:`tdam.reference.paper_setting`): its model,
+        its data's class count, its input size, and real ImageNet (a data folder) rather than the embedded data."""
+        from tdam.reference import paper_setting
+
+        imagenet = self.data_dir is not None and run_data_settings(self.config)["dataset"] == "imagenet"
+        return paper_setting(self.model_config, num_classes=len(self.dataset.classes), img_size=self.img_size,
+                             imagenet=imagenet, table=table)
+
 
 def model_label(model_config: Mapping) -> str:
-    """Short name of a model for tables and figures, e.g. ``resnet18 TD-joint t2 m1`` or ``resnet18 plain``."""
-    from tdam.reference import model_key
+    """Short name of a model for tables and figures, e.g. ``resnet18 TD-joint t2 m1`` or ``resnet18 plain``
+    (:func:`tdam.reference.model_name`)."""
+    from tdam.reference import model_name
 
-    key = model_key(model_config)
-    if key["attention"] == "td":
-        return f"{key['backbone']} TD-{key['td_mode']} t{key['t']} m{key['m']}"
-    return f"{key['backbone']} {key['attention'].upper() or 'plain'}"
+    return model_name(model_config)
 
 
 def load_run(checkpoint: str | Path, *, data_dir: str | None = None, split: str = "val", device: str = "cpu",
@@ -111,26 +178,28 @@ def load_run(checkpoint: str | Path, *, data_dir: str | None = None, split: str 
     """Rebuild the checkpoint's model (eval mode, on ``device``) and open its evaluation data.
 
     ``data_dir`` None or '' = the data of the checkpoint's run config (the embedded tdam-shapes set by default); the
-    eval transform (resize ``img_size / crop_pct``, centre crop ``img_size``) is the run's own.
+    eval transform (resize ``img_size / crop_pct``, centre crop ``img_size``) is the run's own. Data whose class
+    count is not the model's raise :class:`~tdam.evaluation.classes.ClassCountError`.
     """
     from tdam.checkpoint import load_model, read_checkpoint
-    from tdam.data import dataset_root, eval_geometry
+    from tdam.data import eval_geometry
     from tdam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     ckpt = read_checkpoint(checkpoint)
     if "config" not in ckpt:
         raise ValueError(f"{checkpoint} has no run 'config' (expected a checkpoint written by the tdam trainer)")
-    s = run_data_settings(ckpt["config"])
+    config = dict(ckpt["config"])
+    s = run_data_settings(config)
     dev = resolve_device(device)
     model = load_model(ckpt).eval().to(dev)
-    root = dataset_root(s["dataset"], data_dir or s["data_dir"], size=s["data_size"])
-    dataset = eval_dataset(s["dataset"], root, img_size=s["img_size"], crop_pct=s["crop_pct"],
+    dataset = eval_dataset(s["dataset"], eval_root(config, data_dir), img_size=s["img_size"], crop_pct=s["crop_pct"],
                            interpolation=s["interpolation"], split=split)
+    check_data(model, dataset, config)
     return EvalRun(
         label=label or model_label(getattr(model, "model_config", None) or ckpt.get("model_config", {})),
-        model=model, checkpoint=Path(checkpoint), config=dict(ckpt["config"]), dataset=dataset,
+        model=model, checkpoint=Path(checkpoint), config=config, dataset=dataset,
         geometry=eval_geometry(s["img_size"], crop_pct=s["crop_pct"]), mean=tuple(IMAGENET_MEAN),
-        std=tuple(IMAGENET_STD), device=dev)
+        std=tuple(IMAGENET_STD), device=dev, data_dir=eval_data_dir(config, data_dir))
 
 
 def crop_boxes(run: EvalRun, index: int) -> Tensor:

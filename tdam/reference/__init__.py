@@ -3,74 +3,29 @@ numbers beside them.
 
 The published numbers are targets, never results: every comparison puts them in columns prefixed ``paper_`` with a
 ``diff_<ours>`` column (ours - paper), matched on the paper's row keys (backbone, attention, td_mode, t, m,
-td_stages for Table 1; set and row for Table 2; stage, block and metric for Table 3). README.md beside this module
-lists the known inconsistencies in the published numbers.
+td_stages for Table 1; set and row for Table 2; stage, block and metric for Table 3). They stand beside a run only
+when it is in the paper's setting (:func:`paper_setting`: the same model, real ImageNet with the paper's classes, 224
+px); a ``comparison`` column says 'paper setting' or why not. README.md beside this module lists the known
+inconsistencies in the published numbers. :mod:`.paper` reads the tables, :mod:`.setting` holds the rule.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
+
+from .paper import KEY_COLUMNS, PAPER_TABLES, TABLES, flat_config, model_key, norm_key, paper_table, stages_str
+from .setting import (IMAGENET_CLASSES, PAPER_IMG_SIZE, PAPER_SETTING, Setting, model_name, off_paper_options,
+                      paper_setting, table3_columns)
 
 __all__ = [
     "TABLES", "PAPER_TABLES", "KEY_COLUMNS", "PAPER_RESOLUTIONS", "paper_table", "model_key", "beside_paper",
     "paper_resolutions", "row_name", "table1_specs", "table1_cost", "accuracy_table", "ablation_table",
-    "paper_table3_column", "table3_beside_paper",
+    "paper_table3_column", "table3_beside_paper", "Setting", "paper_setting", "PAPER_SETTING", "PAPER_IMG_SIZE",
+    "IMAGENET_CLASSES", "model_name", "off_paper_options", "table3_columns",
 ]
 
-_DIR = Path(__file__).resolve().parent
-TABLES = {1: "paper_table1_imagenet.csv", 2: "paper_table2_ablations.csv", 3: "paper_table3_selectivity.csv"}
-PAPER_TABLES = {"table1": 1, "table2": 2, "table3": 3}
-KEY_COLUMNS = ["backbone", "attention", "td_mode", "t", "m", "td_stages"]
 PAPER_RESOLUTIONS = (112, 140, 168, 196, 224, 280, 336, 392, 448)
-
-
-def paper_table(table: int | str) -> pd.DataFrame:
-    """Supplement Table 1 (ImageNet), 2 (ablations) or 3 (selectivity) as a DataFrame.
-
-    ``table`` 1/2/3: the CSV as transcribed (empty cells NaN). ``'table1'``/``'table2'``/``'table3'``: keyed for
-    comparisons: ``t``/``m`` nullable integers, ``td_stages`` and the text columns strings ('' where empty, e.g. the
-    ``attention`` of a plain ResNet).
-    """
-    if table in TABLES:
-        return pd.read_csv(_DIR / TABLES[table])
-    if table not in PAPER_TABLES:
-        raise ValueError(f"unknown paper table {table!r}; valid: {sorted(PAPER_TABLES)} or {sorted(TABLES)}")
-    df = pd.read_csv(_DIR / TABLES[PAPER_TABLES[table]])
-    df = df.astype({c: "Int64" for c in ("m", "t") if c in df})
-    if "td_stages" in df:
-        df["td_stages"] = df["td_stages"].astype("string")
-    for col in ("attention", "td_mode", "td_stages", "variant", "note", "method", "row", "set"):
-        if col in df:
-            df[col] = df[col].fillna("").astype(str)
-    return df
-
-
-def _stages_str(stages) -> str:
-    if stages is None or stages == "":
-        return ""
-    if isinstance(stages, str):
-        return stages
-    return "+".join(str(int(s)) for s in stages)
-
-
-def model_key(model_config: Mapping) -> dict:
-    """The paper-table key (backbone, attention, td_mode, t, m, td_stages) of a ``create_model`` config.
-
-    Accepts a flat config (``{'arch': ..., 'attention': ..., 't': 2, ...}``) or one with an ``options`` sub-dict.
-    TD stages default to the paper's layer 3 + 4.
-    """
-    cfg = dict(model_config)
-    cfg.update(cfg.pop("options", None) or {})
-    attention = cfg.get("attention") or ""
-    key = {"backbone": cfg.get("arch", cfg.get("backbone")), "attention": attention,
-           "td_mode": "", "t": None, "m": None, "td_stages": ""}
-    if attention == "td":
-        key.update(td_mode=cfg.get("td_mode", "joint"), t=int(cfg.get("t", 2)), m=int(cfg.get("m", 1)),
-                   td_stages=_stages_str(cfg.get("td_stages", (3, 4))))
-    return key
 
 
 def beside_paper(
@@ -93,8 +48,8 @@ def beside_paper(
     right = right.rename(columns={v: f"paper_{v}" for v in cols.values()})
     left = ours.copy()
     for c in on:  # compare keys as strings so '3+4' / 2 / NaN line up across CSV and computed tables
-        left[c] = left[c].map(_norm_key)
-        right[c] = right[c].map(_norm_key)
+        left[c] = left[c].map(norm_key)
+        right[c] = right[c].map(norm_key)
     out = left.merge(right, on=list(on), how="left")
     front = [c for c in ours.columns if c not in cols]
     body = []
@@ -102,16 +57,6 @@ def beside_paper(
         out[f"diff_{o}"] = pd.to_numeric(out[o], errors="coerce") - pd.to_numeric(out[f"paper_{p}"], errors="coerce")
         body += [o, f"paper_{p}", f"diff_{o}"]
     return out[front + body]
-
-
-def _norm_key(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-        return ""
-    if isinstance(v, (tuple, list)):
-        return _stages_str(v)
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
 
 
 def paper_resolutions(train_img_size: int) -> list[int]:
@@ -159,17 +104,35 @@ def table1_cost(sizes: pd.DataFrame, speeds: pd.DataFrame | None = None) -> pd.D
     return beside_paper(ours, paper_table("table1"), on=keys, columns=cols)
 
 
-def accuracy_table(results: Mapping, model_config: Mapping) -> pd.DataFrame:
+def _paper_beside(ours: pd.DataFrame, row: Mapping, columns: Sequence[str]) -> pd.DataFrame:
+    """``ours`` with, after each compared column ``c``, ``paper_c`` (the paper ``row``'s value) and ``diff_c``
+    (ours - paper); the other columns first, in their order."""
+    out = ours[[c for c in ours.columns if c not in columns]].copy()
+    for c in columns:
+        out[c] = ours[c]
+        out[f"paper_{c}"] = float(row[c])
+        out[f"diff_{c}"] = pd.to_numeric(ours[c], errors="coerce") - float(row[c])
+    return out
+
+
+def accuracy_table(results: Mapping, model_config: Mapping, *, num_classes: int, img_size: int,
+                   imagenet: bool) -> pd.DataFrame:
     """Table 1 accuracy columns for one model: one row per metric (last / most-confident / paper (unique-box)),
-    columns ``{split}_top1``/``_top5`` for each split in ``results`` ('v1', 'v2': :class:`EvalResult`), the paper's
-    values of the model's Table 1 row (``paper_*``) and the differences. The paper reports ONE number per column; it
-    is repeated beside each of our metrics."""
+    columns ``{split}_top1``/``_top5`` and ``{split}_images`` for each split in ``results`` ('v1', 'v2':
+    :class:`EvalResult`), and ``comparison``.
+
+    The paper's values of the model's Table 1 row (``paper_*``) and the differences (``diff_*`` = ours - paper)
+    appear only when the run is in the paper's setting (:func:`paper_setting`: the model is that row, evaluated on
+    ``num_classes`` = 1000 classes of real ImageNet data (``imagenet``: every split in ``results`` comes from a folder
+    the user gave, none from the embedded stand-in) at ``img_size`` = 224 px); then ``comparison`` reads 'paper
+    setting'. Otherwise there are no paper columns at all and ``comparison`` says why. The paper reports ONE number
+    per column; it is repeated beside each of our metrics.
+    """
     if not results:
         raise ValueError("no results: expected {'v1': EvalResult, 'v2': EvalResult} (either may be omitted)")
     valid = {"v1", "v2"}
     if set(results) - valid:
         raise ValueError(f"result splits must be in {sorted(valid)}, got {sorted(results)}")
-    key = model_key(model_config)
     frames = []
     for split, res in results.items():
         s = res.summary().set_index("key")
@@ -178,77 +141,77 @@ def accuracy_table(results: Mapping, model_config: Mapping) -> pd.DataFrame:
     ours = pd.concat(frames, axis=1)
     ours.insert(0, "metric", [res.summary().set_index("key").loc[k, "metric"] for k in ours.index])
     ours = ours.reset_index(drop=True)
-    for c, v in key.items():
-        ours[c] = v
-    cols = [c for c in ours.columns if c.endswith(("_top1", "_top5"))]
-    out = beside_paper(ours, paper_table("table1"), on=KEY_COLUMNS, columns=cols)
-    return out.drop(columns=KEY_COLUMNS)
+    setting = paper_setting(model_config, num_classes=num_classes, img_size=img_size, imagenet=imagenet)
+    if setting.matches:
+        ours = _paper_beside(ours, setting.row, [c for c in ours.columns if c.endswith(("_top1", "_top5"))])
+    ours["comparison"] = setting.reason
+    return ours
 
 
-def _ablation_comparison(row: Mapping, paper_backbone: str | None) -> tuple[str | None, str | None]:
-    """Why our Table 2 row's (sizes, accuracies) cannot be compared with the paper's, or None where they can: sizes
-    need the paper row's backbone; accuracies also ImageNet at 224 px (``data``/``img_size``, as
-    :func:`tdam.evaluation.ablations.ablation_row` records them)."""
-    if paper_backbone is None:
-        return "not a paper row", "not a paper row"
-    size = None
-    if row.get("backbone", paper_backbone) != paper_backbone:
-        size = f"{row['backbone']}, the paper's row is {paper_backbone}"
-    accuracy = size
-    if accuracy is None and row.get("data", "imagenet") != "imagenet":
-        accuracy = "embedded tdam-shapes data, not ImageNet"
-    if accuracy is None and row.get("img_size", 224) != 224:
-        accuracy = f"{row['img_size']} px, the paper's 224 px"
-    return size, accuracy
+_ABLATION_SETTING = ("backbone", "data", "img_size")  # what ablation_table needs of each row to judge its setting
 
 
 def ablation_table(rows: Sequence[dict]) -> pd.DataFrame:
-    """Our rows beside the paper's Table 2 (``paper_*`` and ``diff_*`` = ours - paper), keyed by (set, row). A paper
-    number and its difference appear only where our row's setting is the paper's (:func:`_ablation_comparison`);
-    elsewhere they are empty and ``comparison`` says why ("paper setting" where they are shown)."""
+    """Our rows beside the paper's Table 2 (``paper_*`` and ``diff_*`` = ours - paper), keyed by (set, row).
+
+    Each row holds, besides its numbers, its ``backbone``, ``data`` ('imagenet': a real folder, or 'embedded'),
+    ``img_size`` and, where recorded, ``num_classes`` (as :func:`tdam.evaluation.ablations.ablation_row` writes
+    them). The paper's sizes (params, FLOPs, counted at the paper's class count and 224 px) and their differences
+    appear where the row is a paper row on the paper row's backbone; its accuracies only where the whole setting is
+    the paper's (:func:`paper_setting`; a row without ``num_classes`` cannot confirm its class count). Elsewhere
+    they are empty, and ``comparison`` says why ('paper setting' where everything is compared).
+    """
+    missing = sorted({k for r in rows for k in _ABLATION_SETTING if k not in r})
+    if missing:
+        raise ValueError(f"Table 2 rows need {list(_ABLATION_SETTING)} to judge their setting; missing {missing} "
+                         "(tdam.evaluation.ablations.ablation_row records them)")
     ours = pd.DataFrame(list(rows))
     for c in ("v1_top1", "v1_top5"):
         if c not in ours:
             ours[c] = float("nan")
     out = beside_paper(ours, paper_table("table2"), on=["set", "row"],
                        columns=["params_M", "gflops", "v1_top1", "v1_top5"])
-    paper = paper_table("table2")
-    backbone = {(_norm_key(s), _norm_key(r)): b for s, r, b in zip(paper.set, paper.row, paper.backbone)}
     notes = []
     for i, row in enumerate(rows):
-        size, accuracy = _ablation_comparison(row, backbone.get((_norm_key(row["set"]), _norm_key(row["row"]))))
-        for reason, cols in ((size, ("params_M", "gflops")), (accuracy, ("v1_top1", "v1_top5"))):
-            if reason is not None:
+        setting = paper_setting({"arch": row["backbone"]}, num_classes=row.get("num_classes"),
+                                img_size=row["img_size"], imagenet=row["data"] == "imagenet", table="table2",
+                                ablation=(row["set"], row["row"]))
+        for compared, cols in ((setting.model_row is not None, ("params_M", "gflops")),
+                               (setting.matches, ("v1_top1", "v1_top5"))):
+            if not compared:
                 out.loc[i, [f"paper_{c}" for c in cols] + [f"diff_{c}" for c in cols]] = float("nan")
-        notes.append("paper setting" if size is None and accuracy is None else
-                     "; ".join(dict.fromkeys(r for r in (size, accuracy) if r)))
+        notes.append(setting.reason)
     out["comparison"] = notes
     return out
 
 
 def paper_table3_column(model_config: Mapping) -> str | None:
-    """The column of the paper's Table 3 describing the same kind of model (the paper's are ResNet-50 ones).
+    """The column of the paper's Table 3 holding the same model, whatever the data: ResNet-50 plain ->
+    ``original``, TD joint t=2 m=1 -> ``tdjoint_t2_m1``, TD top t=2 m=3 -> ``tdtop_t2_m3``; any other model
+    (another backbone included) -> None. Whether its numbers may stand beside ours also depends on the data:
+    :func:`paper_setting` with ``table='table3'``."""
+    row = paper_setting(model_config, num_classes=IMAGENET_CLASSES, img_size=PAPER_IMG_SIZE, imagenet=True,
+                        table="table3").model_row
+    return None if row is None else row["column"]
 
-    Plain model -> ``original``; TD joint t=2 m=1 -> ``tdjoint_t2_m1``; TD top t=2 m=3 -> ``tdtop_t2_m3``; others None.
+
+def table3_beside_paper(ours: pd.DataFrame, settings: Mapping[str, Setting]) -> pd.DataFrame:
+    """Our Table 3 (:func:`tdam.evaluation.selectivity.selectivity_table`) beside the paper's.
+
+    ``settings``: {model label (a column of ``ours``): its :func:`paper_setting` for ``table='table3'``}. For each
+    model in the paper's setting: ``<label>``, ``paper_<column>`` and ``diff_<label>`` (ours - paper); the paper
+    reports layer4 blocks 2-3 only, so other rows keep NaN there. A model not in the paper's setting gets no paper
+    column. ``comparison`` gives each model's reason, '<label>: <reason>' joined by '; ' (the same on every row).
     """
-    key = model_key(model_config)
-    if not key["attention"]:
-        return "original"
-    if key["attention"] == "td":
-        col = f"td{key['td_mode']}_t{key['t']}_m{key['m']}"
-        return col if col in paper_table("table3").columns else None
-    return None
-
-
-def table3_beside_paper(ours: pd.DataFrame, paper_columns: Mapping[str, str | None]) -> pd.DataFrame:
-    """Our Table 3 (:func:`tdam.evaluation.selectivity.selectivity_table`) beside the paper's: for each model label
-    with a paper counterpart, ``<label>``, ``paper_<column>`` and ``diff_<label>`` (ours - paper). The paper reports
-    layer4 blocks 2-3 only; other rows keep NaN there. ``paper_columns``: {model label: paper column or None}."""
-    paper = paper_table("table3").rename(columns={"layer4_block": "block"})
-    paper.insert(0, "stage", 4)
-    cols = {label: col for label, col in paper_columns.items() if col is not None}
-    unknown = [label for label in cols if label not in ours.columns]
+    unknown = [label for label in settings if label not in ours.columns]
     if unknown:
         raise ValueError(f"models {unknown} are not in the table; its models: {list(ours.columns[3:])}")
-    out = beside_paper(ours, paper, on=["stage", "block", "metric"], columns=cols)
+    wrong = [label for label, s in settings.items() if not isinstance(s, Setting) or s.table != "table3"]
+    if wrong:
+        raise ValueError(f"models {wrong}: expected paper_setting(..., table='table3') for each model")
+    paper = paper_table("table3").rename(columns={"layer4_block": "block"})
+    paper.insert(0, "stage", 4)
+    cols = {label: s.row["column"] for label, s in settings.items() if s.matches}
+    out = beside_paper(ours, paper, on=["stage", "block", "metric"], columns=cols) if cols else ours.copy()
+    out["comparison"] = "; ".join(f"{label}: {s.reason}" for label, s in settings.items())
     return out.astype({"stage": int, "block": int})
