@@ -10,10 +10,12 @@ import pytest
 
 from tdam.paths import figures_dir, repo_root
 
+# the defaults: ResNet-18 TD (t=2) beside its plain baseline, on the embedded data ("shapes")
 NOTEBOOKS = {
-    "05_attention_shift": ["05_attention_shift"],
-    "06_weak_localization": ["06_localization_boxes_td", "06_localization_boxes_baseline"],
-    "09_feature_selectivity": ["09_fig3_entropy_layer4", "09_fig4_entropy_layer3"],
+    "05_attention_shift": ["05_attention_shift-resnet18-td+plain-t2-shapes"],
+    "06_weak_localization": ["06_localization_boxes-resnet18-td-t2-shapes", "06_localization_boxes-resnet18-plain-shapes"],
+    "09_feature_selectivity": ["09_fig3_entropy_layer4-resnet18-td+plain-t2-shapes",
+                               "09_fig4_entropy_layer3-resnet18-td+plain-t2-shapes"],
 }
 
 

@@ -61,7 +61,7 @@ def table2_entries(sets: Sequence[str] | None = None, rows: Sequence[str] = (), 
 def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, data: Mapping, *,
                  device: torch.device, batch_size: int = 50, workers: int = 0, max_images: int | None = None) -> dict:
     """Size and accuracy of one Table 2 row: {set, row, paper_row, backbone, params, data ('imagenet' or 'embedded'),
-    img_size, params_M, gflops, v1_top1, v1_top5, images, checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
+    img_size, params_M, gflops, v1_top1, v1_top5, images, num_classes, checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
     :func:`tdam.evaluation.data.run_data_settings`. ``checkpoint`` None: the row was not trained, reported as 'not
     trained' with NaN metrics, never silently replaced."""
     from tdam import complexity
@@ -90,5 +90,6 @@ def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, 
                       interpolation=data["interpolation"])
     res = evaluate(net, eval_loader(ds, batch_size=batch_size, workers=workers, max_images=max_images),
                    device=device, td_metrics=False)
-    row.update(v1_top1=res.accuracy("last", 1), v1_top5=res.accuracy("last", 5), images=res.num_images)
+    row.update(v1_top1=res.accuracy("last", 1), v1_top5=res.accuracy("last", 5), images=res.num_images,
+               num_classes=len(ds.classes))      # the evaluated (= trained: evaluate checks) class count
     return {**row, "status": "ok", "checkpoint": str(checkpoint)}

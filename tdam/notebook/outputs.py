@@ -102,11 +102,11 @@ def run_figure_name(base: str, models: Sequence[Mapping], *, t: int | None = Non
     """:func:`figure_name` of a figure showing ``models`` (their ``model_config`` mappings; the first one's
     backbone): the attentions in order and, when a TD model is among them, its steps ``t`` (given: the steps it was
     evaluated at; else its trained t, ``create_model``'s default when unset)."""
-    from tdam.models import TD_OPTION_DEFAULTS
+    from .runs import trained_steps
 
     td = [m for m in models if m.get("attention") == "td"]
     if td and t is None:
-        t = td[0].get("t") or TD_OPTION_DEFAULTS["t"]
+        t = trained_steps(td[0])
     return figure_name(base, backbone=models[0]["arch"], attention=[m.get("attention") for m in models],
                        t=t if td else None, data=data)
 

@@ -16,8 +16,8 @@ from tdam.evaluation.data import EvalRun, load_run, run_data_settings
 
 from .params import ATTENTION_CHOICES
 
-__all__ = ["checkpoint", "resolve_checkpoint", "evaluated_checkpoints", "at_steps", "load_pair", "ablation_config",
-           "ablation_run"]
+__all__ = ["checkpoint", "resolve_checkpoint", "evaluated_checkpoints", "at_steps", "trained_steps", "load_pair",
+           "ablation_config", "ablation_run"]
 
 
 def checkpoint(backbone: str, attention: str | None, profile: str | None = None, **overrides: Any) -> Path:
@@ -69,6 +69,16 @@ def at_steps(model: torch.nn.Module, t: int | None) -> torch.nn.Module:
     for block in model.td_blocks():
         block.t = t
     return model
+
+
+def trained_steps(model_config: Mapping) -> int:
+    """The computation steps a model was trained with: its ``t`` (``create_model``'s default when unset); 1 without
+    TD."""
+    from tdam.models import TD_OPTION_DEFAULTS
+
+    if model_config.get("attention") != "td":
+        return 1
+    return int(model_config.get("t") or TD_OPTION_DEFAULTS["t"])
 
 
 def load_pair(p) -> tuple[EvalRun, EvalRun]:
