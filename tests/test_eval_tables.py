@@ -182,8 +182,9 @@ def test_notebook_params_validate(tmp_path):
     assert [e["row"] for e in table2_entries(p.sets, p.rows)] == ["ResNet", "TDj(m=1)"]
     ckpt = tmp_path / "a.pth"
     ckpt.write_bytes(b"")
-    with pytest.raises(ValueError, match="one per attention"):
-        nb.parameters("08_test_resolution", checkpoints=[str(ckpt)])
+    assert nb.parameters("08_test_resolution", checkpoint=str(ckpt)).checkpoint == str(ckpt)
+    with pytest.raises(ValueError, match="m=2 selects the cached run"):
+        nb.parameters("08_test_resolution", checkpoint=str(ckpt), m=2)
     assert paper_resolutions(64) == [32, 40, 48, 56, 64, 80, 96, 112, 128]
     assert paper_resolutions(224) == [112, 140, 168, 196, 224, 280, 336, 392, 448]
     names = {n for names in nb.NOTEBOOKS.values() for n in names}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import functools
 import json
 import types
 from collections.abc import Callable, Mapping
@@ -206,31 +205,21 @@ VALIDATORS: dict[str, Validator] = {
     "ema_decay": _number(0, 1, optional=True), "asl_onecycle_epochs": _int(1, optional=True),
 }
 
-# the trained model(s) a notebook evaluates: a checkpoint, else the cached run of notebook 01 of (backbone, attention,
-# m, profile, data_dir); t: the steps used at evaluation (None: as trained)
-_EVALUATED = ("checkpoint", "backbone", "attention", "t", "m", "profile", "data_dir")
-_ANALYSIS = (*_EVALUATED, "baseline_checkpoint", "split", "batch_size", "device")
-NOTEBOOKS: dict[str, tuple[str, ...]] = {
-    "01_train_imagenet": ("backbone", "attention", "td_mode", "t", "m", "config", "profile", "data_dir", "epochs",
-                          "steps_per_epoch", "batch_size", "img_size", "lr", "seed", "gpus", "resume",
-                          "name", "force", "dry_run"),
-    "02_eval_imagenet": (*_EVALUATED, "v2_dir", "v2_variant", "img_size", "crop_pct", "batch_size", "workers",
-                         "device", "amp", "use_ema", "max_images"),
-    "03_complexity": ("flops_backbones", "flops_img_size", "speed_backbones", "speed_methods", "batch_size",
-                      "img_size", "amp", "channels_last", "warmup", "repeats", "device", "backbone",
-                      "t_values", "batch_values", "resolution_values"),
-    "04_ablations": ("sets", "rows", "profile", "backbone", "data_dir", "train", "batch_size", "workers",
-                     "device", "max_images"),
-    "05_attention_shift": (*_ANALYSIS, "num_images", "two_objects", "image_indices", "seed"),
-    "06_weak_localization": (*_ANALYSIS, "max_images", "num_figure_images", "seed"),
-    "07_transfer": ("params_files", "data_dir", "checkpoint", "backbone", "attentions", "profile",
-                    "wsdan_datasets", "asl_datasets", "data_size", "img_size", "batch_size", "epochs",
-                    "steps_per_epoch", "val_batches", "num_attentions", "wsdan_lr", "asl_lr", "ema_decay",
-                    "asl_onecycle_epochs", "device", "seed"),
-    "08_test_resolution": (*_EVALUATED, "baseline_checkpoint", "resolutions", "batch_size", "workers", "device",
-                           "max_images"),
-    "09_feature_selectivity": (*_ANALYSIS, "max_images", "seed", "layer4_blocks", "layer3_blocks"),
-}
+
+
+def _parameters_cell(path: Path) -> dict[str, Any]:
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    return {t.id: ast.literal_eval(s.value) for s in tree.body for t in s.targets}
+
+
+# Each notebook's parameter names, in order: read from its ``parameters`` cell, the one place they are written (every
+# name there has a validator above: tests/test_eval_tables.py). The cached runs a notebook evaluates are those of
+# notebook 01 for the same (backbone, attention, m, profile, data_dir); ``t`` is the steps used at evaluation.
+_CELLS: dict[str, dict[str, Any]] = {
+    path.stem: _parameters_cell(path) for path in sorted((paths.repo_root() / "notebooks").glob("[0-9]*.ipynb"))}
+NOTEBOOKS: dict[str, tuple[str, ...]] = {name: tuple(cell) for name, cell in _CELLS.items()}
 
 
 def _speed_methods_exist(p: Params) -> None:
@@ -290,12 +279,8 @@ class Params:
         return f"Params({self._notebook}: {self.as_dict()})"
 
 
-@functools.lru_cache(maxsize=None)
 def _defaults(notebook: str) -> dict[str, Any]:
-    nb = json.loads((paths.repo_root() / "notebooks" / f"{notebook}.ipynb").read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
-    tree = ast.parse("".join(cell["source"]))
-    return {t.id: ast.literal_eval(s.value) for s in tree.body for t in s.targets}
+    return _CELLS[notebook]
 
 
 def notebook_defaults(notebook: str) -> dict[str, Any]:
