@@ -104,11 +104,14 @@ def test_speed_and_cost_tables_beside_paper():
     speed = dict(batch_size=2, img_size=32, device="cpu", warmup=0, repeats=2)
     sizes = cost.size_table(specs, create=tdam.create_model, img_size=64, full_flops=False)
     speeds = cost.speed_table(specs, create=tdam.create_model, speed=speed)
-    table = cr.table1_cost(sizes, speeds)
+    table = cr.table1_cost(sizes, speeds, flops_img_size=64)
     assert len(table) == 1
     row = table.iloc[0]
     assert row.paper_params_M == 11.69 and row.diff_params_M == pytest.approx(row.params_M - 11.69)
-    assert row.paper_fps_val == 1683 and math.isfinite(row.fps_val) and row.fps_val > 0
+    assert math.isfinite(row.fps_val) and row.fps_val > 0
+    # FLOPs counted at 64 px and speeds measured on this CPU are not the paper's setting: no paper column beside them
+    assert not [c for c in table.columns if c.startswith(("paper_", "diff_")) and not c.endswith("params_M")]
+    assert "paper_gflops" in cr.table1_cost(sizes.assign(gflops=1.82), flops_img_size=224).columns
     assert row.device.startswith("cpu") and row.batch == 2 and row.speed_img_size == 32
 
 

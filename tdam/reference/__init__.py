@@ -91,16 +91,17 @@ def table1_specs(backbones: Sequence[str] | None = None, methods: Sequence[str] 
     return [s for s in specs if not wanted or row_name(s["method"]) in wanted]
 
 
-def table1_cost(sizes: pd.DataFrame, speeds: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Table 1 cost columns: our sizes (and speeds, where measured) beside the paper's params, FLOPs, memory and
-    FPS (``paper_*``, ``diff_*`` = ours - paper). The paper's memory/FPS are V100 numbers at its own batch: compare
-    trends, not values, when the device differs."""
+def table1_cost(sizes: pd.DataFrame, speeds: pd.DataFrame | None = None, *, flops_img_size: int = 224) -> pd.DataFrame:
+    """Table 1 cost columns: our sizes (and speeds, where measured) beside the paper's where the setting is the
+    paper's. Parameter counts do not depend on the setting, so ``paper_params_M``/``diff_params_M`` are always there;
+    FLOPs only when counted at the paper's 224 px (``flops_img_size``). Memory and FPS are never put beside the
+    paper's: those are V100 numbers at the paper's batch, ours are measured on the present device at the requested
+    batch and size; they are in ``tdam/reference/paper_table1_imagenet.csv`` for whoever runs that setting."""
     keys = KEY_COLUMNS
     ours = sizes.copy()
-    cols = ["params_M", "gflops"]
     if speeds is not None and len(speeds):
         ours = ours.merge(speeds.drop(columns=["method"]), on=keys, how="left")
-        cols += ["mem_train_gb", "mem_val_gb", "fps_train", "fps_val"]
+    cols = ["params_M", *(["gflops"] if flops_img_size == PAPER_IMG_SIZE else [])]
     return beside_paper(ours, paper_table("table1"), on=keys, columns=cols)
 
 
