@@ -89,7 +89,9 @@ def test_train_images_counts_without_generating(imagenet_folder, shapes_tiny):
     assert train_images(cfg) == _count_train_images(imagenet_folder) > 0
     embedded = checkpoint_config("resnet18", "td", data_size="tiny")
     assert train_images(embedded) == _count_train_images(Path(shapes_tiny) / "imagenet")
-    with pytest.raises(FileNotFoundError, match="no train/ folder"):
+    from tdam.data import DatasetLayoutError
+
+    with pytest.raises(DatasetLayoutError, match="train/"):
         train_images(cfg.replace(data_dir=str(imagenet_folder / "nope")))
 
 

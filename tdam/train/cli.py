@@ -150,18 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_process = _is_main_process()
     try:
         cfg = load_config(args.config, profile=args.profile, **parse_overrides(rest))
-        if args.print_config:
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            return errors.EXIT_OK
-        recipe = describe_recipe(cfg, gpus=None) if main_process or args.dry_run else None
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.EXIT_CONFIG
-    if recipe is not None:
-        print(recipe, flush=True)
-    if args.dry_run:
+    if args.print_config:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return errors.EXIT_OK
     try:
+        if main_process or args.dry_run:
+            print(describe_recipe(cfg, gpus=None), flush=True)
+        if args.dry_run:
+            return errors.EXIT_OK
         result = train(cfg)
     except (ValueError, OSError, FloatingPointError, errors.RunLockedError, KeyboardInterrupt) as e:
         try:

@@ -64,24 +64,22 @@ def recipe_for(model: Mapping[str, Any]) -> str:
 def train_images(cfg: TrainConfig) -> int:
     """Images in the training split of ``cfg``'s data, counted without decoding any: an ImageNet folder by the image
     file names in ``train/<class>/``; the embedded ImageNet look-alike by its generator's size table (nothing is
-    generated); other datasets by opening their reader (annotation files only)."""
+    generated); other datasets (and a folder without ``train/``) by opening their reader (annotation files only), whose
+    :class:`~tdam.data.DatasetLayoutError` names a wrong layout."""
     if cfg.dataset in _IMAGENET_KINDS and cfg.data_dir is None:
         from tdam.data.shapes import IMAGENET_CLASSES, SIZES
 
         return SIZES[cfg.data_size].imagenet_train * len(IMAGENET_CLASSES)
-    if cfg.dataset == "imagenet":
+    train = Path(cfg.data_dir).expanduser() / "train" if cfg.data_dir is not None else None
+    if cfg.dataset == "imagenet" and train is not None and train.is_dir():
         from tdam.data.base import list_images
 
-        train = Path(cfg.data_dir).expanduser() / "train"
-        if not train.is_dir():
-            raise FileNotFoundError(f"data_dir={cfg.data_dir}: no train/ folder at {train} (an ImageNet root holds "
-                                    f"train/<wnid>/*.JPEG and val/<wnid>/*.JPEG)")
         with os.scandir(train) as entries:
             return sum(len(list_images(Path(e.path))) for e in entries if e.is_dir())
     from tdam.data import build_dataset
     from tdam.train.data import data_root
 
-    return len(build_dataset(cfg.dataset, data_root(cfg), "train"))
+    return len(build_dataset(cfg.dataset, data_root(cfg), "train"))   # a wrong layout: the reader's layout error
 
 
 def updates_per_epoch(cfg: TrainConfig, images: int, world_size: int = 1) -> tuple[int, int]:

@@ -53,7 +53,7 @@ from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_te
 from tdam.train.config import TrainConfig, config_changes, describe_changes
 from tdam.train.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
 from tdam.train.runlock import RunLock
-from tdam.train.data import bad_image_count, build_datasets, build_loaders
+from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
 from tdam.train.state import deterministic_algorithms, rng_state, seed_everything, set_rng_state, versions
@@ -245,7 +245,7 @@ class _Run:
 
     def _setup(self) -> None:
         cfg, d = self.cfg, self.dist
-        train_set, val_set = self.datasets if self.datasets is not None else build_datasets(cfg)
+        train_set, val_set = self.datasets if self.datasets is not None else run_data.build_datasets(cfg)
         self.num_classes = self.check_class_count(train_set)
         if d.is_main:
             self.open_run_dir()
@@ -275,7 +275,7 @@ class _Run:
                                               momentum=cfg.momentum))
         self.amp_dtype = resolve_amp(cfg.amp, d.device)
         scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_loader, self.val_loader, self.sampler = build_loaders(cfg, train_set, val_set, d)
+        self.train_loader, self.val_loader, self.sampler = run_data.build_loaders(cfg, train_set, val_set, d)
         batches = len(self.train_loader) // cfg.accum_steps
         if batches < 1:
             raise ValueError(f"the training split has {len(train_set)} images: too few for one update of "
@@ -595,7 +595,7 @@ class _Run:
             "epoch": s.epoch + 1, "step": s.step, "lr": s.lr, "train_loss": float(totals[0] / totals[1]),
             "images_per_s": float(totals[1]) / busy if busy > 0 else float("nan"),
             "data_wait": m.data_time / busy if busy > 0 else float("nan"), "epoch_time_s": busy,
-            "peak_mem_mb": self.peak_memory_mb(), "bad_images": bad_image_count(self.train_loader),
+            "peak_mem_mb": self.peak_memory_mb(), "bad_images": run_data.bad_image_count(self.train_loader),
         }
         val = self.task.evaluate(self.model, self.val_loader, self.ctx)
         row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
