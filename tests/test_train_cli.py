@@ -1,7 +1,12 @@
-"""The CLI as a separate process (drill tier): SIGTERM (pre-emption) and SIGKILL during a checkpoint write."""
+"""The CLI: ``--help`` (every config field, fast), what a run prints (progress lines, the closing line), and as a
+separate process (drill tier) SIGTERM (pre-emption) and SIGKILL during a checkpoint write."""
 from __future__ import annotations
 
+import csv
+import dataclasses
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,11 +15,106 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tdam.checkpoint import read_checkpoint
-from tdam.train import load_config, train
-from tdam.train.cli import parse_overrides
+from tdam.paths import repo_root
+from tdam.train import TrainConfig, load_config, train
+from tdam.train.cli import main, parse_overrides
+from tdam.train.config import GROUPS
 from tdam.train.errors import EXIT_INTERRUPTED
+from tdam.train.trainer import duration
+
+ENV = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_WAIT_POLICY": "PASSIVE"}
+PROGRESS = re.compile(r"^  epoch (\d+)/(\d+) update (\d+)/(\d+) step (\d+)/(\d+) loss (\S+) lr (\S+) (\S+) img/s "
+                      r"ETA (\S+)$")
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def test_help_lists_every_field_with_type_default_and_meaning():
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "tdam.train", "--help"], capture_output=True, text=True, env=ENV,
+                          timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert done.returncode == 0, done.stderr
+    assert elapsed < 10, f"--help took {elapsed:.1f} s"       # ~0.1 s without torch; generous for a loaded CI
+    lines = done.stdout.splitlines()
+    for flag in ("--config YAML", "--profile NAME", "--print-config", "--dry-run"):
+        assert f"  {flag}" in lines
+    headers = [i for i, line in enumerate(lines) if line.startswith("config fields, ")]
+    assert [lines[i] for i in headers] == [f"config fields, {title}:" for title in GROUPS.values()]
+    for f in dataclasses.fields(TrainConfig):
+        (i,) = [i for i, line in enumerate(lines) if i > headers[0] and line.startswith(f"  --{f.name} ")]
+        match = re.fullmatch(rf"  --{f.name} (.+) \(default: (.*)\)", lines[i])
+        assert match and match[1] == f.type, lines[i]
+        assert yaml.safe_load(match[2]) == _default(f), f"{f.name}: {match[2]!r}"      # the default, as YAML
+        assert lines[i + 1].startswith("      ") and lines[i + 1].strip()               # its meaning below
+        group = max(h for h in headers if h < i)                                       # under its own group
+        assert lines[group] == f"config fields, {GROUPS[f.metadata['group']]}:"
+    assert "; choices: auto, bf16, fp16, fp32" in " ".join(done.stdout.split())     # wrapped lines joined
+
+
+def test_help_loads_neither_torch_nor_timm():
+    """Everything --help reads under tdam.train is torch-free (the `tdam` package itself is stubbed here: its
+    __init__ imports the models)."""
+    code = ("import sys, types; pkg = types.ModuleType('tdam'); pkg.__path__ = [sys.argv[1]]; "
+            "sys.modules['tdam'] = pkg; from tdam.train.cli import main; rc = main(['--help']); "
+            "print('HEAVY', sorted(m for m in ('torch', 'timm') if m in sys.modules), rc)")
+    done = subprocess.run([sys.executable, "-c", code, str(repo_root() / "tdam")], capture_output=True, text=True,
+                          env=ENV, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "HEAVY [] 0" and "--warmup_epochs float (default: 5)" in done.stdout
+
+
+def test_duration():
+    assert [duration(s) for s in (0, 42.4, 185, 3725, 90061)] == ["0s", "42s", "3m05s", "1h02m", "25h01m"]
+
+
+def test_cli_run_prints_progress_lines_and_ends_with_the_best_epoch(tmp_path, shapes_tiny, capsys):
+    """Not on a terminal (as under SLURM or papermill): a line every log_interval updates (the epoch's last update
+    is in the epoch line), flushed; the run's last line names the best top-1, its epoch and the checkpoint."""
+    run = tmp_path / "run"
+    rc = main(["--profile", "smoke", "--data_size", "tiny", "--img_size", "32", "--batch_size", "16", "--epochs",
+               "2", "--steps_per_epoch", "null", "--val_batches", "2", "--warmup_epochs", "0", "--sched", "constant",
+               "--log_interval", "2", "--tensorboard", "false", "--output_dir", str(run)])
+    assert rc == 0
+    out = capsys.readouterr().out.splitlines()
+    per_epoch = 96 // 16                                           # the tiny split: 96 training images
+    assert out[0].startswith("model:       resnet18_plain") and f"updates:     {per_epoch} per epoch, " \
+        f"{2 * per_epoch} in total" in out
+    progress = [PROGRESS.match(line) for line in out if line.startswith("  epoch ")]
+    assert all(progress)
+    steps = [int(m[5]) for m in progress]
+    assert steps == [s for s in range(1, 2 * per_epoch + 1) if s % 2 == 0 and s % per_epoch != 0]
+    lr = load_config(None, profile="smoke", batch_size=16).resolved_lr()
+    for m in progress:
+        epoch, epochs, update, updates, step, total = (int(m[i]) for i in range(1, 7))
+        assert (epochs, updates, total) == (2, per_epoch, 2 * per_epoch)
+        assert epoch == (step - 1) // per_epoch + 1 and update == step - (epoch - 1) * per_epoch
+        assert math.isfinite(float(m[7])) and float(m[7]) > 0
+        assert m[8] == f"{lr:.4g}"                                  # constant schedule: the resolved lr
+        assert float(m[9]) > 0 and re.fullmatch(r"\d+s|\d+m\d\ds|\d+h\d\dm", m[10])
+    log = (run / "train.log").read_text()
+    assert all(m[0] in log for m in progress)                       # the same lines in train.log
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    best = max(rows, key=lambda r: float(r["val_top1"]))           # first epoch of the best top-1
+    assert out[-1] == (f"done: best val top-1 {float(best['val_top1']):.1f}% at epoch {best['epoch']}; "
+                       f"checkpoint {run / 'best.pth'}")
+
+
+def test_progress_lines_stay_off_a_terminal_with_a_bar(tmp_path, shapes_tiny, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    cfg = load_config(None, profile="smoke", data_size="tiny", img_size=32, batch_size=16, epochs=1,
+                      steps_per_epoch=4, val_batches=1, log_interval=1, progress=True, tensorboard=False,
+                      output_dir=str(tmp_path / "bar"))
+    train(cfg)
+    out = capsys.readouterr().out
+    assert "epoch 1/1 train_loss" in out and "  epoch 1/1 update" not in out    # the bar shows them instead
+    assert "  epoch 1/1 update 3/4 step 3/4" in (tmp_path / "bar" / "train.log").read_text()
 
 
 def _args(run: Path, epochs: int = 50) -> list[str]:
@@ -44,7 +144,7 @@ def test_sigterm_leaves_resumable_checkpoint(tmp_path, shapes_tiny):
     log = run / "train.log"
     proc = subprocess.Popen([sys.executable, "-m", "tdam.train", *_args(run)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: log.is_file() and "epoch 2 update 1/4" in log.read_text(), proc)
+    _wait_for(lambda: log.is_file() and "epoch 2/50 update 1/4" in log.read_text(), proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, err       # its own exit code: resumable, not finished

@@ -313,3 +313,18 @@ def test_cli_trains_mobilenetv3_with_its_default_placement(tmp_path, shapes_tiny
     ck = read_checkpoint(run / "last.pth")
     assert ck["model_config"]["arch"] == "mobilenetv3_large_100" and ck["model_config"]["td_stages"] == [4, 5, 6]
     assert ck["config"]["model"]["td_stages"] == [4, 5, 6] and ck["epoch"] == 1
+
+
+def test_warmup_must_be_shorter_than_the_run(capsys):
+    with pytest.raises(ValueError, match=r"^warmup_epochs=3 is not shorter than the run \(epochs=3\)"):
+        TrainConfig(epochs=3, warmup_epochs=3)
+    with pytest.raises(ValueError, match=r"^warmup_epochs=5 is not shorter than the run \(epochs=2\)"):
+        load_config("resnet50_td_joint_t2_m1", epochs=2)
+    assert TrainConfig(epochs=3, warmup_epochs=2.5).warmup_epochs == 2.5
+    assert TrainConfig(epochs=1, sched="none").epochs == 1          # no schedule: no warm-up to check
+    smoke = load_config(None, profile="smoke")
+    assert smoke.warmup_epochs < smoke.epochs
+    # the check is on the final config: a longer schedule (e.g. a resume with --epochs 10) makes it valid
+    assert load_config(None, profile="smoke", epochs=1, warmup_epochs=0.5).epochs == 1
+    assert main(["--profile", "smoke", "--epochs", "1", "--warmup_epochs", "1", "--print-config"]) == 2
+    assert "error: warmup_epochs=1 is not shorter than the run (epochs=1)" in capsys.readouterr().err

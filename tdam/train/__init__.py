@@ -3,24 +3,49 @@
 - :mod:`tdam.train.config`: :class:`TrainConfig` (validated dataclass; the model is its ``model`` mapping, the
   keyword arguments of ``tdam.create_model``) and :func:`load_config` (params YAML with ``base:`` inheritance, profile
   overlays, overrides).
+- :mod:`tdam.train.recipe`: which params file and profile a request gets (:func:`recipe_for`,
+  :func:`resolve_profile`) and :func:`describe_recipe`, the resolved recipe in words.
 - :mod:`tdam.train.engine`: the training step (:func:`train_one_epoch`), :func:`evaluate`, the pluggable
   :class:`Task` (default :class:`ClassificationTask`).
 - :mod:`tdam.train.trainer`: :func:`train` - a whole run: checkpoints, resume, signals, metrics files.
 - :mod:`tdam.train.distributed`: DDP set-up for torchrun / SLURM; :mod:`tdam.train.launch`: notebook launcher.
 - :mod:`tdam.train.cache`: :func:`ensure_run`, the one cache-or-train mechanism (lock, reuse, resume, train), and
-  :func:`ensure_checkpoint` for notebooks 02-09; :mod:`tdam.train.plots`: curves.
+  :func:`ensure_checkpoint` / :func:`checkpoint_config` for the notebooks; :mod:`tdam.train.plots`: curves.
 - CLI: ``python -m tdam.train --config params/imagenet/<model>.yaml [--profile smoke] [--key value ...]``.
-"""
-from tdam.train.cache import checkpoint_config, ensure_checkpoint, ensure_run, find_checkpoint
-from tdam.train.config import TrainConfig, load_config
-from tdam.train.engine import (ClassificationTask, EvalContext, NonFiniteLossError, Task, TrainState, evaluate,
-                               train_one_epoch)
-from tdam.train.launch import check_gpus, run_training
-from tdam.train.plots import plot_curves, read_metrics
-from tdam.train.trainer import RunResult, build_model, train
 
-__all__ = [
-    "TrainConfig", "load_config", "train", "build_model", "RunResult", "run_training", "check_gpus",
-    "ensure_checkpoint", "checkpoint_config", "ensure_run", "find_checkpoint", "Task", "ClassificationTask",
-    "EvalContext", "TrainState", "NonFiniteLossError", "train_one_epoch", "evaluate", "plot_curves", "read_metrics",
-]
+The names below are imported on first use (``tdam.train.train`` loads torch, the trainer and timm then), so the CLI's
+``--help`` and config checks do not pay for modules they do not use. Submodules are attributes too
+(``tdam.train.cache.train_or_reuse``).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+_EXPORTS = {   # public name -> the module that defines it
+    "TrainConfig": "config", "load_config": "config",
+    "recipe_for": "recipe", "resolve_profile": "recipe", "describe_recipe": "recipe",
+    "train": "trainer", "build_model": "trainer", "RunResult": "trainer",
+    "run_training": "launch", "check_gpus": "launch",
+    "ensure_checkpoint": "cache", "checkpoint_config": "cache", "ensure_run": "cache", "find_checkpoint": "cache",
+    "Task": "engine", "ClassificationTask": "engine", "EvalContext": "engine", "TrainState": "engine",
+    "NonFiniteLossError": "engine", "train_one_epoch": "engine", "evaluate": "engine",
+    "plot_curves": "plots", "read_metrics": "plots",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}; public names are {__all__}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

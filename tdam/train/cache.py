@@ -113,21 +113,36 @@ def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
         return result.checkpoint
 
 
-def checkpoint_config(backbone: str = "resnet18", attention: str | None = "td", profile: str | None = "smoke",
+def checkpoint_config(backbone: str = "resnet18", attention: str | None = "td", profile: str | None = None,
                       *, config: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """The run :func:`ensure_checkpoint` trains or reuses for these arguments. ``overrides`` that are not
-    :class:`TrainConfig` fields (``t``, ``m``, ``td_mode``, ``td_stages``, ...) go into the model description."""
+    """The run :func:`ensure_checkpoint` trains or reuses for these arguments (notebook 01 trains the same).
+
+    ``profile=None`` is automatic (:func:`tdam.train.recipe.resolve_profile`): ``smoke`` on the embedded data,
+    ``paper`` (no overlay) when ``data_dir`` is given; a named profile is always applied. ``config``: a params file
+    (name under params/imagenet/ or path); when None and ``data_dir`` is given, the model's own params file
+    (:func:`tdam.train.recipe.recipe_for`), so real data gets the paper's recipe; when None on the embedded data,
+    the TrainConfig defaults. ``overrides`` that are not :class:`TrainConfig` fields (``t``, ``m``, ``td_mode``,
+    ``td_stages``, ...) go into the model description. Example: ``checkpoint_config('resnet50', 'td', None,
+    data_dir='/data/imagenet')`` is Table 1's TD-ResNet-50 recipe (160 epochs at 224 px), run folder
+    ``resnet50_td_joint_t2_m1-paper-<hash>``."""
+    from tdam.train.recipe import recipe_for, resolve_profile
+
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_keys = {k: overrides.pop(k) for k in list(overrides) if k not in fields}
     model = {**model_spec(backbone, **model_keys), "attention": attention}   # attention=None: the plain backbone
+    data_dir = overrides.get("data_dir")
+    profile = resolve_profile(profile, data_dir)
+    if config is None and data_dir is not None:
+        config = recipe_for(model)
     return load_config(config, profile=profile, model=model, **overrides)
 
 
-def ensure_checkpoint(backbone: str = "resnet18", attention: str | None = "td", profile: str | None = "smoke",
+def ensure_checkpoint(backbone: str = "resnet18", attention: str | None = "td", profile: str | None = None,
                       *, config: str | Path | None = None, **overrides: Any) -> Path:
-    """Path to the best (else last) checkpoint of the run ``(config, profile, backbone, attention, overrides)``
+    """Path to the best (else last) checkpoint of the run :func:`checkpoint_config` describes for these arguments,
     under ``runs/01_train_imagenet/``; trains it first (same engine as notebook 01) when it does not exist yet.
-    ``attention=None`` (or 'plain') is the plain backbone. The defaults are notebook 01's default run.
+    ``attention=None`` (or 'plain') is the plain backbone; ``profile=None``: ``smoke`` on the embedded data, the
+    paper's recipe with a ``data_dir``. The defaults are notebook 01's default run.
     Example: ``ensure_checkpoint('resnet50', 'se')``, ``ensure_checkpoint('resnet18', 'td', t=3, epochs=1)``."""
     return ensure_run(checkpoint_config(backbone, attention, profile, config=config, **overrides))
 

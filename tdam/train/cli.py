@@ -7,6 +7,7 @@ Examples::
     torchrun --standalone --nproc_per_node 4 -m tdam.train --config <yaml> --data_dir /data/imagenet
     python -m tdam.train --config <yaml> --resume true                             # continue <run dir>/last.pth
     python -m tdam.train --config <yaml> --print-config                            # show the resolved config
+    python -m tdam.train --config resnet50_td_joint_t2_m1 --data_dir /data/imagenet --dry-run   # the recipe only
 
 ``--key value`` sets any :class:`~tdam.train.config.TrainConfig` field; values are read as YAML (``--lr 0.4``,
 ``--resume true``); a bare ``--flag`` means true. The model (the keyword arguments of ``tdam.create_model``) is set
@@ -15,6 +16,11 @@ key by key with dotted keys, or as a YAML mapping merged into the file's::
     python -m tdam.train --config resnet50_td_joint_t2_m1 --model.t 3 --model.td_stages [4]
     python -m tdam.train --config resnet50_td_joint_t2_m1 --model '{arch: resnet18, m: 2}'
     python -m tdam.train --config resnet18_se --model.attention plain
+
+Before training it prints the resolved recipe (:func:`tdam.train.recipe.describe_recipe`: data, epochs, global
+batch, lr, updates, device, run folder; ``--dry-run`` prints only that); a finished run ends with the line
+``done: best val top-1 <acc>% at epoch <n>; checkpoint <run dir>/best.pth``. ``--help`` lists every config field
+with its type, default and meaning, without loading torch.
 
 Errors end with one ``error:`` line naming the file, value or path, and an exit code (defined in
 :mod:`tdam.train.errors`):
@@ -28,13 +34,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
+from dataclasses import MISSING, Field, fields
 from typing import Any, Sequence
 
 import yaml
 
-from tdam.train.config import load_yaml
+from tdam.train.config import GROUPS, TrainConfig, load_yaml
 
-__all__ = ["main", "parse_overrides"]
+__all__ = ["main", "parse_overrides", "help_text"]
+
+PROG = "python -m tdam.train"
+OPTIONS = (   # the CLI's own options: (flag, metavar or None for a switch, meaning)
+    ("--config", "YAML", "params YAML (a path, or a name under params/imagenet/)"),
+    ("--profile", "NAME", "overlay under params/profiles/ (e.g. smoke: embedded data on CPU; paper: none)"),
+    ("--print-config", None, "print the resolved config and exit"),
+    ("--dry-run", None, "print the resolved recipe (data, epochs, batch, lr, updates, device, run folder) and exit "
+                        "without training or reading the data"),
+)
 
 
 def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
@@ -67,20 +84,70 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _default(f: Field) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as it is written on the command line and in params files: ``null``, ``true``, ``[0.08, 1.0]``."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    return text.removesuffix("...").strip()
+
+
+def help_text(width: int = 100) -> str:
+    """The ``--help`` text: usage, the module documentation (examples, exit codes), the CLI's options, then every
+    :class:`TrainConfig` field by group as ``--name TYPE (default: VALUE)`` with its meaning (and choices) below.
+    Built from the dataclass alone: no torch, no timm."""
+    usage = (f"usage: {PROG} [-h] " + " ".join(f"[{flag}{' ' + meta if meta else ''}]" for flag, meta, _ in OPTIONS)
+             + " [--<field> VALUE ...] [--model.<key> VALUE ...]")
+    out = [usage, "", __doc__.strip(), "", "options:", "  -h, --help", "      show this help and exit"]
+    for flag, meta, meaning in OPTIONS:
+        out += [f"  {flag}{' ' + meta if meta else ''}",
+                *textwrap.wrap(meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)]
+    by_group: dict[str, list[Field]] = {g: [] for g in GROUPS}
+    for f in fields(TrainConfig):
+        by_group[f.metadata["group"]].append(f)
+    for group, members in by_group.items():
+        out += ["", f"config fields, {GROUPS[group]}:"]
+        for f in members:
+            meaning = f.metadata["help"]
+            if "choices" in f.metadata:
+                meaning += "; choices: " + ", ".join(yaml_value(c) for c in f.metadata["choices"])
+            out += [f"  --{f.name} {f.type} (default: {yaml_value(_default(f))})",
+                    *textwrap.wrap(meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)]
+    out += ["", "Values are read as YAML (null, true, [4], {t: 3}); --model.<key> VALUE sets one tdam.create_model "
+                "option."]
+    return "\n".join(out) + "\n"
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The CLI's own options (:data:`OPTIONS`); every other ``--key value`` is a config override."""
+    parser = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
+    parser.add_argument("-h", "--help", action="store_true")
+    for flag, meta, meaning in OPTIONS:
+        parser.add_argument(flag, help=meaning, **({"metavar": meta} if meta else {"action": "store_true"}))
+    return parser
+
+
+def _is_main_process() -> bool:
+    from tdam.train.distributed import _env_rank_info
+
+    return _env_rank_info()[0] == 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tdam.train", description=__doc__.split("\n\n")[0],
-                                     epilog="Any other --key value pair overrides that TrainConfig field; "
-                                            "--model.<key> value sets one tdam.create_model option.")
-    parser.add_argument("--config", help="params YAML (path, or a name under params/imagenet/)")
-    parser.add_argument("--profile", help="overlay under params/profiles/ (e.g. smoke)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args, rest = parser.parse_known_args(argv)
+    args, rest = _parser().parse_known_args(argv)
+    if args.help:
+        print(help_text(), end="")
+        return 0
 
     from tdam.data.errors import BadImageError
     from tdam.train import errors
     from tdam.train.config import load_config
+    from tdam.train.recipe import describe_recipe
     from tdam.train.trainer import train
 
+    main_process = _is_main_process()
     try:
         cfg = load_config(args.config, profile=args.profile, **parse_overrides(rest))
     except (ValueError, FileNotFoundError) as e:
@@ -90,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return errors.EXIT_OK
     try:
+        if main_process or args.dry_run:
+            print(describe_recipe(cfg, gpus=None), flush=True)
+        if args.dry_run:
+            return errors.EXIT_OK
         result = train(cfg)
     except (ValueError, OSError, FloatingPointError, errors.RunLockedError, KeyboardInterrupt) as e:
         try:
@@ -104,8 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return code
     if result.interrupted:
-        print(f"pre-empted: resume with --resume true (checkpoint {result.last_checkpoint})")
+        if main_process:
+            print(f"pre-empted: resume with --resume true (checkpoint {result.last_checkpoint})")
         return errors.EXIT_INTERRUPTED
+    if main_process:
+        print(result.done_line(), flush=True)
     return errors.EXIT_OK
 
 

@@ -20,7 +20,12 @@ device, so the trainer accepts exactly what ``create_model`` accepts. ``base:`` 
 
 Learning rate follows the paper's rule "0.1 per 128 images, scaled linearly with the global batch": leave ``lr``
 unset and give ``lr_base``/``lr_base_size``; the global batch is ``batch_size`` (per process) x processes x
-``accum_steps``.
+``accum_steps``. A warm-up must be shorter than the run (``warmup_epochs < epochs``, checked on the final config,
+so a resume that raises ``epochs`` is judged by the new length).
+
+Each field's group and one-line meaning live in its metadata (:data:`GROUPS`, ``help``, ``choices``), the one
+description ``python -m tdam.train --help`` prints. Importing this module loads neither torch nor timm (the checks
+import them when they run), so reading the fields stays fast.
 """
 from __future__ import annotations
 
@@ -31,24 +36,24 @@ import json
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from tdam.models import MODEL_OPTIONS, TD_OPTION_DEFAULTS, canonical_model, check_model
 from tdam.paths import params_dir, runs_dir
-from tdam.train.engine import TRAIN_ON
 from tdam.train.errors import ConfigError
-from tdam.validation import DEVICE_CHOICES, check_bool, check_choice, check_int, check_number
 
 __all__ = ["TrainConfig", "load_config", "load_yaml", "load_yaml_with_base", "merge_config", "RUNS_SUBDIR",
-           "semantic_config", "identity_config", "config_changes", "SCHEDULE_FIELDS", "NON_SEMANTIC"]
+           "semantic_config", "identity_config", "config_changes", "SCHEDULE_FIELDS", "NON_SEMANTIC", "GROUPS",
+           "TRAIN_ON", "model_tag"]
 
 DATASETS = ("imagenet", "imagenet_wds", "imagenet_parquet", "cub200", "stanford_dogs", "coco2014")
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 REMODES = ("pixel", "const", "rand")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+DATA_SIZES = ("default", "tiny")
+TRAIN_ON = ("last", "most_confident")   # which computation step's logits a TD model is trained on (engine)
 RUNS_SUBDIR = "01_train_imagenet"
 DEFAULT_MODEL = {"arch": "resnet18"}   # the model a config gets when no file names one (merged under any model: given)
 
@@ -67,68 +72,107 @@ SCHEDULE_FIELDS = frozenset({
 
 
 
+GROUPS = {   # the TrainConfig field groups, in order, and their titles (the CLI's --help sections)
+    "run": "run",
+    "model": "model: the keyword arguments of tdam.create_model (num_classes: from the data unless given)",
+    "data": "data (tdam.data)",
+    "optimisation": "optimisation (timm.optim / timm.scheduler)",
+    "performance": "performance",
+    "logging": "limits, logging, checkpoints",
+}
+
+
+def _field(group: str, default: Any = dataclasses.MISSING, help: str = "", *,
+           factory: Callable[[], Any] | None = None, choices: Sequence[Any] | None = None) -> Any:
+    """A TrainConfig field with its group, one-line meaning and (for choice fields) the valid choices in its
+    metadata: the one description of each field, read by the CLI's ``--help``."""
+    if group not in GROUPS:
+        raise ValueError(f"group={group!r} is not valid; valid choices are {list(GROUPS)}")
+    meta = {"group": group, "help": help, **({"choices": tuple(choices)} if choices is not None else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; defaults are the paper's ResNet-18 ImageNet recipe (SGD, lr 0.1 per 128
-    images, cosine after 5 warm-up epochs, label smoothing 0.1, 110 epochs: supplement §1.1)."""
+    images, cosine after 5 warm-up epochs, label smoothing 0.1, 110 epochs: supplement §1.1). Each field's meaning
+    is in its metadata (``help``), shown by ``python -m tdam.train --help``."""
 
     # --- run ---
-    name: str | None = None                # run folder name; default: derived from the model and a config hash
-    output_dir: str | None = None          # default: runs/01_train_imagenet/<name>
-    profile: str | None = None             # profile overlay that was applied (recorded for provenance)
-    seed: int = 0
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    resume: bool | str = False             # True: <run dir>/last.pth; 'auto': that if it exists; or a path
-    # --- model: the keyword arguments of tdam.create_model (num_classes: from the data unless given) ---
-    model: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MODEL))
-    # --- data (tdam.data) ---
-    dataset: str = "imagenet"
-    data_dir: str | None = None            # None: the embedded tdam-shapes dataset (tdam.data.make_shapes_dataset)
-    data_size: str = "default"             # embedded dataset size when data_dir is None: default | tiny
-    img_size: int = 224
-    crop_pct: float = 0.875                # validation: resize img_size/crop_pct, centre crop img_size
-    interpolation: str = "bilinear"
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])   # RandomResizedCrop area range
-    hflip: float = 0.5
-    auto_augment: str | None = None        # e.g. 'rand-m9-mstd0.5-inc1' (ConvNeXt)
-    reprob: float = 0.0                    # random erasing probability
-    remode: str = "pixel"
-    skip_bad_images: bool = False          # skip and count unreadable images instead of failing on the first
-    workers: int = 4
-    # --- optimisation (timm.optim / timm.scheduler) ---
-    epochs: int = 110
-    batch_size: int = 128                  # per process
-    accum_steps: int = 1                   # gradient accumulation (micro-batches per optimizer update)
-    opt: str = "sgd"
-    lr: float | None = None                # None: lr_base * global_batch / lr_base_size
-    lr_base: float = 0.1
-    lr_base_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    sched: str = "cosine"
-    warmup_epochs: float = 5
-    warmup_lr: float = 1e-5
-    min_lr: float = 0.0
-    smoothing: float = 0.1
-    mixup: float = 0.0                     # mixup alpha (0: off)
-    cutmix: float = 0.0                    # cutmix alpha (0: off)
-    train_on: str = "last"                 # last | most_confident: a TD model's step the loss sees (engine.TRAIN_ON);
-    #   last = the authors' public code (output_over_t off in training); most_confident = supplement §1.1's rule
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
+    name: str | None = _field("run", None, "run folder name; null: <model tag>-<profile>-<hash of the config>")
+    output_dir: str | None = _field("run", None, "the run folder; null: runs/01_train_imagenet/<name>")
+    profile: str | None = _field("run", None, "the profile overlay applied (set by --profile; recorded for "
+                                                 "provenance)")
+    seed: int = _field("run", 0, "seed of the initial weights, the data order and the augmentation")
+    device: str = _field("run", "auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    resume: bool | str = _field("run", False, "true: continue <run dir>/last.pth; auto: that if it exists; or a "
+                                              "checkpoint path")
+    # --- model ---
+    model: dict[str, Any] = _field("model", help="the model: tdam.create_model keyword arguments (arch, attention, "
+                                                 "t, m, td_mode, td_stages, drop_path_rate, ...)",
+                                   factory=lambda: dict(DEFAULT_MODEL))
+    # --- data ---
+    dataset: str = _field("data", "imagenet", "dataset format of data_dir", choices=DATASETS)
+    data_dir: str | None = _field("data", None, "dataset root; null: the embedded tdam-shapes dataset")
+    data_size: str = _field("data", "default", "embedded dataset size when data_dir is null",
+                            choices=DATA_SIZES)
+    img_size: int = _field("data", 224, "training crop and validation image size (px)")
+    crop_pct: float = _field("data", 0.875, "validation: resize img_size/crop_pct, centre crop img_size")
+    interpolation: str = _field("data", "bilinear", "resize interpolation", choices=INTERPOLATIONS)
+    scale: list[float] = _field("data", help="RandomResizedCrop area range [min, max]",
+                                factory=lambda: [0.08, 1.0])
+    hflip: float = _field("data", 0.5, "horizontal flip probability")
+    auto_augment: str | None = _field("data", None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 "
+                                                    "(ConvNeXt); null: none")
+    reprob: float = _field("data", 0.0, "random erasing probability")
+    remode: str = _field("data", "pixel", "random erasing mode", choices=REMODES)
+    skip_bad_images: bool = _field("data", False, "skip and count unreadable images instead of failing on the "
+                                                  "first")
+    workers: int = _field("data", 4, "data-loader worker processes per training process")
+    # --- optimisation ---
+    epochs: int = _field("optimisation", 110, "training epochs (a resume may raise it)")
+    batch_size: int = _field("optimisation", 128, "images per process per micro-batch")
+    accum_steps: int = _field("optimisation", 1, "gradient accumulation: micro-batches per optimizer update")
+    opt: str = _field("optimisation", "sgd", "timm optimizer name")
+    lr: float | None = _field("optimisation", None, "peak learning rate; null: lr_base x global batch / "
+                                                    "lr_base_size")
+    lr_base: float = _field("optimisation", 0.1, "learning rate per lr_base_size images (linear scaling rule)")
+    lr_base_size: int = _field("optimisation", 128, "global batch that lr_base is given for")
+    momentum: float = _field("optimisation", 0.9, "optimizer momentum")
+    weight_decay: float = _field("optimisation", 1e-4, "weight decay")
+    sched: str = _field("optimisation", "cosine", "per-update learning-rate schedule after the warm-up",
+                        choices=SCHEDULERS)
+    warmup_epochs: float = _field("optimisation", 5, "linear warm-up length in epochs (less than epochs)")
+    warmup_lr: float = _field("optimisation", 1e-5, "learning rate the warm-up starts from")
+    min_lr: float = _field("optimisation", 0.0, "learning rate the schedule ends at")
+    smoothing: float = _field("optimisation", 0.1, "label smoothing")
+    mixup: float = _field("optimisation", 0.0, "mixup alpha (0: off)")
+    cutmix: float = _field("optimisation", 0.0, "cutmix alpha (0: off)")
+    train_on: str = _field("optimisation", "last", "a TD model's step the loss sees: last (the authors' code) or "
+                                                   "most_confident (supplement §1.1)", choices=TRAIN_ON)
+    model_ema: bool = _field("optimisation", False, "also keep and evaluate an EMA of the weights")
+    model_ema_decay: float = _field("optimisation", 0.9998, "EMA decay per update")
     # --- performance ---
-    amp: str = "auto"                      # auto: bf16 (or fp16+GradScaler) on CUDA, fp32 on CPU
-    channels_last: bool | None = None      # None: on CUDA only
-    compile: bool = False
-    deterministic: bool = False            # GPU: deterministic algorithms, no cuDNN autotuning (tdam.train.state)
+    amp: str = _field("performance", "auto", "mixed precision; auto: bf16 (or fp16 + GradScaler) on CUDA, fp32 on "
+                                             "CPU", choices=AMP_CHOICES)
+    channels_last: bool | None = _field("performance", None, "channels-last memory format; null: on CUDA only")
+    compile: bool = _field("performance", False, "torch.compile the model")
+    deterministic: bool = _field("performance", False, "GPU: deterministic algorithms, no cuDNN autotuning")
     # --- limits, logging, checkpoints ---
-    steps_per_epoch: int | None = None     # cap optimizer updates per epoch (smoke runs)
-    val_batches: int | None = None         # cap validation batches (smoke runs)
-    checkpoint_every_steps: int | None = None   # also save last.pth every N updates (resumable after a crash/kill)
-    log_interval: int = 50                 # updates between train.log lines (and TensorBoard loss/lr points)
-    tensorboard: bool = True               # live curves in <run dir>/tb/ (tensorboard --logdir runs/)
-    wandb: bool = False                    # also Weights & Biases, offline unless WANDB_MODE says otherwise (extra)
-    progress: bool | None = None           # None: a tqdm bar only when interactive (never under nbval/papermill/CI)
+    steps_per_epoch: int | None = _field("logging", None, "cap on optimizer updates per epoch (smoke runs); null: "
+                                                          "the whole training set")
+    val_batches: int | None = _field("logging", None, "cap on validation batches (smoke runs); null: all")
+    checkpoint_every_steps: int | None = _field("logging", None, "also save last.pth every N updates (resumable "
+                                                                 "after a crash or kill)")
+    log_interval: int = _field("logging", 50, "updates between progress lines (train.log, TensorBoard, stdout "
+                                              "when not a terminal)")
+    tensorboard: bool = _field("logging", True, "live curves in <run dir>/tb/ (tensorboard --logdir runs/)")
+    wandb: bool = _field("logging", False, "also log to Weights & Biases (offline unless WANDB_MODE says "
+                                           "otherwise; extra)")
+    progress: bool | None = _field("logging", None, "tqdm progress bar; null: only when interactive (a terminal, "
+                                                    "not CI)")
 
     def __post_init__(self) -> None:
         for f in fields(self):  # YAML 1.1 reads '1e-4' as a string: accept numeric strings for float fields
@@ -139,6 +183,8 @@ class TrainConfig:
                 except ValueError:
                     raise ValueError(f"{f.name}={v!r}: expected a number") from None
         if isinstance(self.model, Mapping):
+            from tdam.models import canonical_model
+
             self.model = canonical_model(self.model)   # 'plain' / 'none' spell the plain backbone in YAML and CLIs
         self.validate()
 
@@ -146,12 +192,15 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Type and range checks; raises ValueError naming the valid choices. The model description is checked by
         building it on the meta device (:func:`tdam.models.check_model`)."""
+        from tdam.models import check_model
+        from tdam.validation import DEVICE_CHOICES, check_bool, check_choice, check_int, check_number
+
         try:
             check_model(self.model)
         except ValueError as e:
             raise ValueError(f"model: {e}") from None
         check_choice("dataset", self.dataset, DATASETS)
-        check_choice("data_size", self.data_size, ("default", "tiny"))
+        check_choice("data_size", self.data_size, DATA_SIZES)
         check_choice("amp", self.amp, AMP_CHOICES)
         check_choice("sched", self.sched, SCHEDULERS)
         check_choice("remode", self.remode, REMODES)
@@ -175,6 +224,10 @@ class TrainConfig:
             check_number(name, getattr(self, name), 0.0)
         check_number("crop_pct", self.crop_pct, 0.05, 1.0)
         check_number("lr", self.lr, 0.0, optional=True)
+        if self.sched != "none" and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs:g} is not shorter than the run (epochs="
+                             f"{self.epochs}): the learning rate would never leave the warm-up; give warmup_epochs "
+                             f"< epochs (e.g. warmup_epochs: 0 for a run this short)")
         if (not isinstance(self.scale, (list, tuple)) or len(self.scale) != 2
                 or not 0 < float(self.scale[0]) <= float(self.scale[1]) <= 1):
             raise ValueError(f"scale={self.scale!r}: expected [min_area, max_area] with 0 < min <= max <= 1")
@@ -202,17 +255,8 @@ class TrainConfig:
         return self.lr_base * self.global_batch(world_size) / self.lr_base_size
 
     def model_tag(self) -> str:
-        """Short model name in the paper's vocabulary, e.g. ``resnet50_td_joint_t2_m1`` or ``resnet18_se``."""
-        arch, attention = self.model["arch"], self.model.get("attention")
-        if attention is None:
-            return f"{arch}_plain"
-        if attention != "td":
-            return f"{arch}_{attention}"
-        td = {**TD_OPTION_DEFAULTS, **{k: v for k, v in self.model.items() if v is not None}}
-        tag = f"{arch}_td_{td['td_mode']}_t{td['t']}_m{td['m']}"
-        if (stages := self.model.get("td_stages")) is not None:
-            tag += "_L" + "".join(str(s) for s in ([stages] if isinstance(stages, int) else stages))
-        return tag
+        """Short model name in the paper's vocabulary (:func:`model_tag` of ``model``)."""
+        return model_tag(self.model)
 
     def run_name(self) -> str:
         """``name`` if set, else ``<model tag>-<profile>-<hash of the semantic config>`` (stable across sessions)."""
@@ -234,12 +278,32 @@ class TrainConfig:
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - valid)
         if unknown:
+            from tdam.models import MODEL_OPTIONS
+
             hint = ""
             if set(unknown) & {*MODEL_OPTIONS, "backbone", "model_options", "drop_rate", "drop_path_rate"}:
                 hint = ("; the model is described under `model:` by the keyword arguments of tdam.create_model, "
                         "e.g. model: {arch: resnet50, attention: td, t: 2, m: 1}")
             raise ValueError(f"unknown config key(s) {unknown}{hint}; valid keys are {sorted(valid)}")
         return cls(**dict(d))
+
+
+def model_tag(model: Mapping[str, Any]) -> str:
+    """Short name of a model description in the paper's vocabulary, e.g. ``resnet50_td_joint_t2_m1`` or
+    ``resnet18_se`` (also the name of its params file under params/imagenet/, where there is one)."""
+    from tdam.models import TD_OPTION_DEFAULTS, canonical_model
+
+    model = canonical_model(model)
+    arch, attention = model["arch"], model.get("attention")
+    if attention is None:
+        return f"{arch}_plain"
+    if attention != "td":
+        return f"{arch}_{attention}"
+    td = {**TD_OPTION_DEFAULTS, **{k: v for k, v in model.items() if v is not None}}
+    tag = f"{arch}_td_{td['td_mode']}_t{td['t']}_m{td['m']}"
+    if (stages := model.get("td_stages")) is not None:
+        tag += "_L" + "".join(str(s) for s in ([stages] if isinstance(stages, int) else stages))
+    return tag
 
 
 def semantic_config(cfg: TrainConfig | Mapping[str, Any], *, with_epochs: bool = True) -> dict[str, Any]:
@@ -422,5 +486,7 @@ def load_config(config: str | Path | Mapping[str, Any] | None = None, *, profile
 # ---------------------------------------------------------------------- checks
 def _check_optimizer(opt: str) -> None:
     from timm.optim import list_optimizers
+
+    from tdam.validation import check_choice
 
     check_choice("opt (a timm optimizer)", str(opt).lower(), list_optimizers())

@@ -43,15 +43,13 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from tdam.checkpoint import unwrap_model
 from tdam.train.distributed import all_reduce_sum
+from tdam.train.config import TRAIN_ON
 from tdam.validation import check_choice
 
 __all__ = [
     "Task", "ClassificationTask", "TRAIN_ON", "most_confident_logits", "EvalContext", "TrainState", "EpochMeter",
     "NonFiniteLossError", "train_one_epoch", "evaluate",
 ]
-
-
-TRAIN_ON = ("last", "most_confident")   # which computation step's logits a TD model is trained on
 
 
 class NonFiniteLossError(FloatingPointError):

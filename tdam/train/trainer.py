@@ -16,6 +16,12 @@ are logged and appended to ``config_history.jsonl``. A fresh start (``resume: fa
 ``last.pth`` is refused: nothing of a run is overwritten. A refused start removes the run folder it created. Write
 failures (no space, read-only) raise :class:`~tdam.train.errors.RunWriteError` naming the file.
 
+Output (rank 0): a header line (run folder, model, device, lr, global batch, updates per epoch); a progress line
+every ``log_interval`` updates (epoch, update in the epoch, step of the run, loss, lr, img/s, ETA) written to
+``train.log`` and, unless a tqdm bar is drawn on this terminal (``progress``), to stdout, so SLURM logs and papermill
+show progress within an epoch; one line per epoch (losses, accuracy, lr, img/s, data wait, ETA). Each line is
+flushed. :meth:`RunResult.done_line` is the closing line the CLI prints.
+
 Signals: SIGTERM / SIGINT set a flag; at the next optimizer update every rank stops, rank 0 writes a resumable
 mid-epoch ``last.pth`` and :func:`train` returns with ``interrupted=True`` (a second Ctrl-C raises at once).
 A non-finite loss raises :class:`~tdam.train.engine.NonFiniteLossError` without writing anything, so ``last.pth``
@@ -47,7 +53,7 @@ from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_te
 from tdam.train.config import TrainConfig, config_changes, describe_changes
 from tdam.train.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
 from tdam.train.runlock import RunLock
-from tdam.train.data import bad_image_count, build_datasets, build_loaders
+from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
 from tdam.train.state import deterministic_algorithms, rng_state, seed_everything, set_rng_state, versions
@@ -100,6 +106,18 @@ class RunResult:
         """Top-1 accuracy (%) of a uniform guess."""
         return 100.0 / self.num_classes
 
+    def done_line(self) -> str:
+        """The line that ends a finished run (the CLI's last): ``done: best val top-1 74.4% at epoch 3; checkpoint
+        runs/01_train_imagenet/<run>/best.pth`` (the path relative to the working folder when inside it)."""
+        label = {"top1": "top-1", "top5": "top-5"}.get(self.primary_metric, self.primary_metric)
+        path = self.checkpoint
+        if path.resolve().is_relative_to(Path.cwd().resolve()):
+            path = path.resolve().relative_to(Path.cwd().resolve())
+        if self.best is None:
+            return f"done: no validation {label} recorded; checkpoint {path}"
+        return (f"done: best val {label} {self.best[f'val_{self.primary_metric}']:.1f}% at epoch "
+                f"{self.best['epoch']}; checkpoint {path}")
+
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: 'auto' -> bf16 on CUDA where supported, else fp16 (with a GradScaler); fp32 (None) on CPU."""
@@ -149,8 +167,18 @@ def _atomic_link(src: Path, dst: Path, ckpt: dict[str, Any]) -> None:
         save_checkpoint(ckpt, dst)
 
 
+def duration(seconds: float) -> str:
+    """``3725`` -> ``'1h02m'``, ``185`` -> ``'3m05s'``, ``42`` -> ``'42s'`` (an ETA)."""
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
 class _Log:
-    """Rank-0 log: stdout (one line per epoch) and ``train.log`` (everything)."""
+    """Rank-0 log: stdout (the run's lines, flushed one by one) and ``train.log`` (everything)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -202,6 +230,8 @@ class _Run:
         self.resume_ck: tuple[Path, dict[str, Any]] | None = None
         self.schedule_changes: dict[str, tuple[Any, Any]] = {}
         self.removed_temps: Any = None
+        self.t_start, self.start_step = time.perf_counter(), 0   # when and at which step this process began training
+        self.echo_progress = True                       # progress lines also on stdout (no bar on this terminal)
 
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -215,7 +245,7 @@ class _Run:
 
     def _setup(self) -> None:
         cfg, d = self.cfg, self.dist
-        train_set, val_set = self.datasets if self.datasets is not None else build_datasets(cfg)
+        train_set, val_set = self.datasets if self.datasets is not None else run_data.build_datasets(cfg)
         self.num_classes = self.check_class_count(train_set)
         if d.is_main:
             self.open_run_dir()
@@ -245,7 +275,7 @@ class _Run:
                                               momentum=cfg.momentum))
         self.amp_dtype = resolve_amp(cfg.amp, d.device)
         scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_loader, self.val_loader, self.sampler = build_loaders(cfg, train_set, val_set, d)
+        self.train_loader, self.val_loader, self.sampler = run_data.build_loaders(cfg, train_set, val_set, d)
         batches = len(self.train_loader) // cfg.accum_steps
         if batches < 1:
             raise ValueError(f"the training split has {len(train_set)} images: too few for one update of "
@@ -483,10 +513,22 @@ class _Run:
         if self.cfg.checkpoint_every_steps and state.step % self.cfg.checkpoint_every_steps == 0:
             self.save()
         if state.step % self.cfg.log_interval == 0:
-            self.log(f"  epoch {state.epoch + 1} update {state.epoch_step}/{self.updates_per_epoch} "
-                     f"loss {state.last_finite_loss:.4f} lr {state.lr:.4g}", echo=False)
+            self.log(self.progress_line(state), echo=self.echo_progress)
             self.board.update(state.step, state.last_finite_loss, state.lr)
         return False
+
+    def progress_line(self, s: TrainState) -> str:
+        """``epoch 2/3 update 5/25 step 30/75 loss 2.3012 lr 0.025 41.2 img/s ETA 1m05s``: the update within the
+        epoch, the step of the whole run, the last loss, the learning rate, the epoch's throughput so far (all
+        processes) and the time left at this run's pace so far (validation included)."""
+        m, total = s.meter, self.updates_per_epoch * self.cfg.epochs
+        busy = m.data_time + m.step_time
+        img_s = m.samples * self.dist.world_size / busy if busy > 0 else float("nan")
+        done_here = s.step - self.start_step
+        elapsed = time.perf_counter() - self.t_start
+        eta = duration(elapsed / done_here * (total - s.step)) if done_here > 0 else "?"
+        return (f"  epoch {s.epoch + 1}/{self.cfg.epochs} update {s.epoch_step}/{self.updates_per_epoch} step "
+                f"{s.step}/{total} loss {s.last_finite_loss:.4f} lr {s.lr:.4g} {img_s:.1f} img/s ETA {eta}")
 
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -497,12 +539,13 @@ class _Run:
                      f"{self.env['device']} x{self.dist.world_size} | {self.env['amp']} | lr {self.lr:.4g} | "
                      f"global batch {self.env['global_batch']} | {self.updates_per_epoch} updates/epoch"
                      + (f" | resumed at epoch {s.epoch + 1} update {s.epoch_step}" if self.resumed_from else ""))
-            t_run = time.perf_counter()
+            self.t_start, self.start_step = time.perf_counter(), s.step
             epochs_done_here = 0
             while s.epoch < cfg.epochs:
                 self.sampler.set_position(s.epoch, s.epoch_step * cfg.accum_steps * cfg.batch_size)
                 self.train_loader.generator.manual_seed(cfg.seed + self.dist.rank + 7919 * s.epoch)  # worker seeds
                 progress = self.progress_bar(s)
+                self.echo_progress = progress is None or not sys.stdout.isatty()   # lines would break a bar
                 try:
                     cut = train_one_epoch(s, self.task, self.train_loader, self.ctx, updates=self.updates_per_epoch,
                                           accum_steps=cfg.accum_steps, on_update=self.on_update,
@@ -518,12 +561,12 @@ class _Run:
                     return self.result(interrupted=True)
                 row = self.finish_epoch()
                 epochs_done_here += 1
-                eta = (time.perf_counter() - t_run) / epochs_done_here * (cfg.epochs - s.epoch)
+                eta = (time.perf_counter() - self.t_start) / epochs_done_here * (cfg.epochs - s.epoch)
                 self.log(f"epoch {row['epoch']}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
                          + (f"val_top1 {row['val_top1']:.2f} val_top5 {row['val_top5']:.2f} "
                             if row.get("val_top1") is not None else "")
                          + f"lr {row['lr']:.4g} {row['images_per_s']:.1f} img/s data {100 * row['data_wait']:.0f}% "
-                         f"ETA {eta:.0f}s"
+                         f"ETA {duration(eta)}"
                          + (f" | skipped {row['bad_images']} unreadable image(s), e.g. "
                             f"{self.train_loader.bad_images[0]}" if row["bad_images"] else ""))
                 if s.epoch < cfg.epochs and self.stop_requested(s):
@@ -552,7 +595,7 @@ class _Run:
             "epoch": s.epoch + 1, "step": s.step, "lr": s.lr, "train_loss": float(totals[0] / totals[1]),
             "images_per_s": float(totals[1]) / busy if busy > 0 else float("nan"),
             "data_wait": m.data_time / busy if busy > 0 else float("nan"), "epoch_time_s": busy,
-            "peak_mem_mb": self.peak_memory_mb(), "bad_images": bad_image_count(self.train_loader),
+            "peak_mem_mb": self.peak_memory_mb(), "bad_images": run_data.bad_image_count(self.train_loader),
         }
         val = self.task.evaluate(self.model, self.val_loader, self.ctx)
         row.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
@@ -586,6 +629,8 @@ class _Run:
         plt.close(fig)
 
     def progress_bar(self, s: TrainState):
+        """A tqdm bar over the epoch's micro-batches when ``progress`` is set, or when left None and stderr is a
+        terminal outside CI; None otherwise (SLURM logs, papermill, CI: the progress lines go to stdout instead)."""
         show = self.cfg.progress if self.cfg.progress is not None else (
             sys.stderr.isatty() and not os.environ.get("CI"))
         if not (show and self.dist.is_main):

@@ -1,0 +1,158 @@
+"""Which recipe a request gets (real data: the params file's, as in the paper; embedded data: smoke), and the
+resolved recipe in words (``describe_recipe``, the CLI's ``--dry-run``)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tdam.paths import params_dir, repo_root
+from tdam.train import TrainConfig, checkpoint_config, describe_recipe, load_config, recipe_for, resolve_profile
+from tdam.train.config import load_yaml_with_base
+from tdam.train.recipe import train_images, updates_per_epoch
+
+
+def _count_train_images(imagenet: Path) -> int:
+    """Reference count: image files in the class folders of train/."""
+    exts = {".jpeg", ".jpg", ".png"}
+    return sum(1 for p in (imagenet / "train").glob("*/*") if p.suffix.lower() in exts)
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory):
+    """An ImageNet-layout folder (train/<wnid>/, val/<wnid>/) at a temporary path, written by the repo's generator."""
+    from tdam.data import make_shapes_dataset, shapes_root
+
+    root = make_shapes_dataset(tmp_path_factory.mktemp("recipe") / "shapes", size="tiny")
+    return Path(shapes_root(root, "imagenet"))
+
+
+def test_resolve_profile():
+    assert resolve_profile(None, None) == "smoke"                        # embedded data: the CPU-minute overlay
+    assert resolve_profile(None, "/data/imagenet") == "paper"            # real data: the params file's recipe
+    assert resolve_profile("smoke", "/data/imagenet") == "smoke"         # a named profile is honoured
+    assert resolve_profile("readme", None) == "readme"
+    with pytest.raises(ValueError, match="data_dir='': expected a dataset root"):
+        resolve_profile(None, "")
+    with pytest.raises(ValueError, match=r"profile='': expected a profile name"):
+        resolve_profile("", None)
+
+
+def test_paper_profile_is_an_empty_overlay():
+    assert load_yaml_with_base(params_dir() / "profiles" / "paper.yaml") == {}
+    plain, paper = load_config("resnet50_td_joint_t2_m1"), load_config("resnet50_td_joint_t2_m1", profile="paper")
+    assert paper.profile == "paper" and paper.to_dict() == {**plain.to_dict(), "profile": "paper"}
+    assert "-paper-" in paper.run_name()
+
+
+def test_recipe_for_picks_the_model_file_else_the_arch_recipe():
+    assert recipe_for({"arch": "resnet50", "attention": "td"}) == "resnet50_td_joint_t2_m1"
+    assert recipe_for({"arch": "resnet18", "attention": "td", "td_mode": "top", "m": 2}) == "resnet18_td_top_t2_m2"
+    assert recipe_for({"arch": "resnet34", "attention": "se"}) == "resnet34_se"
+    assert recipe_for({"arch": "resnet50", "attention": None}) == "resnet50_plain"
+    assert recipe_for({"arch": "resnet50", "attention": "plain"}) == "resnet50_plain"
+    assert recipe_for({"arch": "resnet18", "attention": "td", "t": 3}) == "resnet18_plain"   # no t=3 file
+    with pytest.raises(ValueError, match=r"no params file for the model .*vit_tiny.*available: \[.*'resnet50_plain'"):
+        recipe_for({"arch": "vit_tiny", "attention": "td"})
+
+
+def test_embedded_default_run_is_unchanged():
+    """profile=None on the embedded data is the smoke run the notebooks always trained (same folder name)."""
+    r18 = {"arch": "resnet18", "attention": "td"}
+    smoke = load_config(None, profile="smoke", model=r18)
+    assert checkpoint_config().run_dir() == checkpoint_config("resnet18", "td", "smoke").run_dir() == smoke.run_dir()
+    assert checkpoint_config("resnet18", "td").to_dict() == smoke.to_dict()
+    assert checkpoint_config("resnet18", "td").run_name().startswith("resnet18_td_joint_t2_m1-smoke-")
+
+
+def test_real_data_gets_the_params_file_recipe(imagenet_folder):
+    file = load_yaml_with_base(params_dir() / "imagenet" / "resnet50_td_joint_t2_m1.yaml")
+    cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder))
+    assert cfg.profile == "paper" and cfg.data_dir == str(imagenet_folder)
+    assert (cfg.epochs, cfg.img_size, cfg.mixup, cfg.cutmix) == (file["epochs"], file["img_size"], file["mixup"],
+                                                                 file["cutmix"])
+    assert (cfg.epochs, cfg.img_size) == (160, 224)
+    assert cfg.run_name().startswith("resnet50_td_joint_t2_m1-paper-")
+    # a model without its own file: the architecture's recipe, the model overlaid
+    t3 = checkpoint_config("resnet18", "td", None, data_dir=str(imagenet_folder), t=3)
+    assert t3.model == {"arch": "resnet18", "attention": "td", "t": 3} and t3.epochs == 110
+    # a named profile is honoured on real data: smoke is a quick run of it
+    quick = checkpoint_config("resnet50", "td", "smoke", data_dir=str(imagenet_folder))
+    assert quick.profile == "smoke" and quick.data_dir == str(imagenet_folder) and quick.epochs == 3
+
+
+def test_train_images_counts_without_generating(imagenet_folder, shapes_tiny):
+    cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder))
+    assert train_images(cfg) == _count_train_images(imagenet_folder) > 0
+    embedded = checkpoint_config("resnet18", "td", data_size="tiny")
+    assert train_images(embedded) == _count_train_images(Path(shapes_tiny) / "imagenet")
+    from tdam.data import DatasetLayoutError
+
+    with pytest.raises(DatasetLayoutError, match="train/"):
+        train_images(cfg.replace(data_dir=str(imagenet_folder / "nope")))
+
+
+def test_updates_per_epoch_rule():
+    cfg = TrainConfig(batch_size=16, accum_steps=2, steps_per_epoch=None)
+    assert updates_per_epoch(cfg, 1000) == (1000 // 32, 1000 // 32)
+    assert updates_per_epoch(cfg, 1000, world_size=3) == (334 // 16 // 2,) * 2       # ceil(1000 / 3) per process
+    assert updates_per_epoch(cfg.replace(steps_per_epoch=5), 1000) == (5, 31)
+
+
+def test_describe_recipe_states_the_resolved_recipe(imagenet_folder):
+    cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder), batch_size=16)
+    n = _count_train_images(imagenet_folder)
+    per_epoch = n // 16
+    text = describe_recipe(cfg)
+    lines = dict(line.split(":", 1) for line in text.splitlines())
+    lines = {k: v.strip() for k, v in lines.items()}
+    assert lines["model"].startswith("resnet50_td_joint_t2_m1")
+    assert lines["data"] == f"imagenet at {imagenet_folder}; {n} training images"
+    assert lines["profile"] == "paper" and lines["epochs"] == "160" and lines["image size"] == "224 px"
+    assert lines["batch"] == "global 16 = 16 per process x 1 process x 1 accumulation step"
+    assert lines["lr"].startswith(f"{0.1 * 16 / 128:.4g} (lr_base 0.1 x global batch 16 / 128)")
+    assert lines["updates"] == f"{per_epoch} per epoch, {per_epoch * 160} in total"
+    assert lines["warm-up"] == "5 epochs from lr 1e-05, then cosine"
+    assert lines["device"] == "cpu" and lines["run folder"] == str(cfg.run_dir())
+    capped = describe_recipe(checkpoint_config("resnet18", "td"))           # smoke: 25 of 2400 // 32 = 75
+    assert "updates:     25 (capped by steps_per_epoch 25; a whole pass is 75) per epoch, 75 in total" in capped
+    assert "data:        embedded tdam-shapes (default, imagenet layout); 2400 training images" in capped
+    assert "lr:          0.025 (lr_base 0.1 x global batch 32 / 128)" in capped
+    with pytest.raises(ValueError, match="gpus"):
+        describe_recipe(cfg, gpus=-1)
+
+
+def test_cli_dry_run_prints_the_recipe_and_trains_nothing(imagenet_folder, tmp_path):
+    cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder), config="resnet50_td_joint_t2_m1")
+    env = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-m", "tdam.train", "--config", "resnet50_td_joint_t2_m1", "--data_dir",
+                           str(imagenet_folder), "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "epochs:      160" in done.stdout and "image size:  224 px" in done.stdout
+    run_dir = load_config("resnet50_td_joint_t2_m1", data_dir=str(imagenet_folder)).run_dir()
+    assert f"run folder:  {run_dir}" in done.stdout
+    assert not run_dir.exists() and not cfg.run_dir().exists()
+
+
+def test_dry_run_builds_no_data(imagenet_folder, monkeypatch, capsys):
+    import tdam.train.data as data
+    import tdam.train.trainer as trainer
+    from tdam.train.cli import main
+
+    def forbidden(*a, **k):
+        raise AssertionError("--dry-run built the data or started training")
+
+    for module, name in ((data, "build_datasets"), (data, "build_loaders"), (trainer, "train")):
+        monkeypatch.setattr(module, name, forbidden)
+    assert main(["--config", "resnet18_td_joint_t2_m1", "--data_dir", str(imagenet_folder), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model:       resnet18_td_joint_t2_m1") and "epochs:      110" in out
+
+
+def test_describe_recipe_says_when_the_data_is_too_small(imagenet_folder):
+    cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder))      # batch 128 > tiny train split
+    assert _count_train_images(imagenet_folder) < 128
+    assert "updates:     0 (too few training images for one update of the global batch 128" in describe_recipe(cfg)
