@@ -64,14 +64,13 @@ def test_real_data_gets_the_paper_recipe_dry_run(tmp_path):
     printed first, and nothing is trained."""
     import re
 
-    import yaml
-
     from tdam.data import make_shapes_dataset, shapes_root
     from tdam.paths import params_dir
     from tdam.train import checkpoint_config
+    from tdam.train.config import load_yaml_with_base
 
     data = shapes_root(make_shapes_dataset(tmp_path / "somewhere" / "shapes", size="tiny"), "imagenet")
-    recipe = yaml.safe_load((params_dir() / "imagenet" / "_recipe_resnet_large.yaml").read_text())
+    recipe = load_yaml_with_base(params_dir() / "imagenet" / "resnet50_td_joint_t2_m1.yaml")
     assert (recipe["epochs"], recipe["img_size"]) == (160, 224)        # the file under test says what the paper says
     out = tmp_path / "01_dry.ipynb"
     _papermill(out, "-p", "backbone", "resnet50", "-p", "data_dir", data, "-p", "dry_run", "True")
