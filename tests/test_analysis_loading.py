@@ -23,7 +23,8 @@ def checkpoint(tmp_path_factory, shapes_tiny):
     from tdam.checkpoint import save_checkpoint
     from tdam.train.config import TrainConfig
 
-    cfg = TrainConfig(model={"arch": "resnet18", "num_classes": 12}, img_size=64, data_size="tiny", epochs=1)
+    cfg = TrainConfig(model={"arch": "resnet18", "num_classes": 12}, img_size=64, data_size="tiny", epochs=1,
+                      warmup_epochs=0)
     torch.manual_seed(0)
     model = create_model("resnet18", attention="td", num_classes=12)
     path = tmp_path_factory.mktemp("ckpt") / "td.pth"

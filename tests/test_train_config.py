@@ -66,11 +66,11 @@ def test_m_checked_against_the_block_type():
 
 def test_mobilenetv3_default_td_placement_is_accepted():
     """MobileNetV3's own default placement (stages 4, 5, 6) is valid, given or left to the default."""
-    explicit = load_config("mobilenetv3_large_100_td_joint_t2", profile="smoke", model={"td_stages": [4, 5, 6]})
+    explicit = load_config("mobilenetv3_large_100_td_joint_t2_m1", profile="smoke", model={"td_stages": [4, 5, 6]})
     assert explicit.model["td_stages"] == [4, 5, 6]
     assert explicit.model_tag() == "mobilenetv3_large_100_td_joint_t2_m1_L456"
     with pytest.raises(ValueError, match=r"td_stages=\(9,\) is not valid; use stage numbers in 1..7"):
-        load_config("mobilenetv3_large_100_td_joint_t2", model={"td_stages": [9]})
+        load_config("mobilenetv3_large_100_td_joint_t2_m1", model={"td_stages": [9]})
 
 
 def test_meta_validation_is_fast():
@@ -123,7 +123,7 @@ def test_every_table1_row_has_a_params_file():
                                               and c.model.get("td_stages", [3, 4]) == [int(s) for s in
                                                                                        row["td_stages"].split("+")]))]
         assert len(matches) == 1, f"Table 1 row {row['backbone']} {row['method']}: {len(matches)} params files"
-    assert {"mobilenetv3_large_100_plain", "mobilenetv3_large_100_td_joint_t2"} <= set(files)
+    assert {"mobilenetv3_large_100_plain", "mobilenetv3_large_100_td_joint_t2_m1"} <= set(files)
 
 
 def test_paper_recipes():
@@ -304,7 +304,7 @@ def test_params_headers_name_existing_paths():
 def test_cli_trains_mobilenetv3_with_its_default_placement(tmp_path, shapes_tiny):
     """MobileNetV3 with TD in its default stages 4, 5, 6 (given explicitly too) trains from the CLI."""
     run = tmp_path / "mbv3"
-    rc = main(["--config", "mobilenetv3_large_100_td_joint_t2", "--profile", "smoke", "--epochs", "1",
+    rc = main(["--config", "mobilenetv3_large_100_td_joint_t2_m1", "--profile", "smoke", "--epochs", "1",
                "--data_size", "tiny", "--img_size", "32", "--batch_size", "8", "--steps_per_epoch", "2",
                "--val_batches", "1", "--model.td_stages", "[4, 5, 6]", "--output_dir", str(run)])
     assert rc == 0
