@@ -167,7 +167,7 @@ def _checkpoint(path, num_classes, data_dir):
     from tdam.train.config import TrainConfig
 
     cfg = TrainConfig(model={"arch": "resnet18", "num_classes": num_classes}, img_size=64, data_size="tiny",
-                      epochs=1).to_dict()
+                      epochs=1, warmup_epochs=0).to_dict()
     cfg["data_dir"] = data_dir
     model = create_model("resnet18", num_classes=num_classes)
     save_checkpoint({"model": model.state_dict(), "model_config": model.model_config, "config": cfg, "epoch": 1},

@@ -32,3 +32,24 @@ def test_notebook_runs_and_writes_figures(name, tmp_path):
     for f, t in before.items():
         path = figures_dir() / f
         assert path.is_file() and path.stat().st_mtime > t and path.stat().st_size > 1000, f
+
+
+@pytest.mark.slow
+def test_two_runs_of_notebook_08_leave_two_figures(tmp_path):
+    """A figure's name carries its run: notebook 08 on a ResNet-18 and then on a ResNet-34 checkpoint leaves both
+    figures (tiny one-epoch checkpoints on the tiny embedded set; the figures go to the repository's figures/)."""
+    from tdam.train import ensure_checkpoint
+
+    figures = {}
+    for backbone in ("resnet18", "resnet34"):
+        ckpt = ensure_checkpoint(backbone, None, "smoke", data_size="tiny", epochs=1, steps_per_epoch=2, val_batches=1)
+        stem = f"08_test_resolution-{backbone}-plain-shapes"
+        for ext in ("png", "pdf"):
+            (figures_dir() / f"{stem}.{ext}").unlink(missing_ok=True)
+        subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--log-level", "WARNING",
+                        str(repo_root() / "notebooks" / "08_test_resolution.ipynb"), str(tmp_path / f"{backbone}.ipynb"),
+                        "-p", "backbone", backbone, "-p", "attention", "plain", "-p", "checkpoint", str(ckpt),
+                        "-p", "resolutions", "[32, 64]", "-p", "max_images", "24"], check=True, cwd=tmp_path)
+        figures[backbone] = figures_dir() / f"{stem}.png"
+    assert all(f.is_file() and f.stat().st_size > 1000 for f in figures.values()), figures
+    assert figures["resnet18"].read_bytes() != figures["resnet34"].read_bytes()
