@@ -116,7 +116,8 @@ def reproduce(profile: str = "embedded", data_dir: str | None = None, *, only: S
 
 
 def write_gallery(records: Sequence[dict[str, Any]], folder: str | Path) -> list[Path]:
-    """Copy the first figure each notebook wrote (``figures/`` PNGs listed in its record) into ``folder`` as
+    """Copy one figure of each notebook (the PNGs listed in its record: ``figures/`` first, one showing an attention
+    model before a plain-only one, then by name) into ``folder`` as
     ``<notebook>.png`` (stable names the README links to), with ``index.json`` saying where each came from and what
     ran it. Records of skipped notebooks are their earlier records, so a resumed reproduction keeps the gallery
     complete, and a run of some notebooks (``--only``) keeps the others' entries; a notebook that wrote no
@@ -130,7 +131,9 @@ def write_gallery(records: Sequence[dict[str, Any]], folder: str | Path) -> list
     old = folder / "index.json"
     copied, index = [], (json.loads(old.read_text()).get("figures", {}) if old.is_file() else {})
     for r in records:
-        figures = [Path(f) for f in r.get("figures", []) if Path(f).is_file()]
+        # the notebook's own figures first (not a run folder's), a figure with an attention model before a plain-only one
+        figures = sorted((Path(f) for f in r.get("figures", []) if Path(f).is_file()),
+                         key=lambda f: (f.parent != paths.figures_dir(), "-plain-" in f.name, f.name))
         if r["status"].startswith("failed") or not figures:
             continue
         target = folder / f"{r['notebook']}.png"
