@@ -30,7 +30,7 @@ demo: $(STAMP)
 	@grep -o 'final val top-1: [0-9][^"\\]*' runs/01_train_imagenet.ipynb
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-drills: $(STAMP)
 	$(PY) -m pytest -q -m drill tests

@@ -79,10 +79,10 @@ def test_cli_run_prints_progress_lines_and_ends_with_the_best_epoch(tmp_path, sh
     """Not on a terminal (as under SLURM or papermill): a line every log_interval updates (the epoch's last update
     is in the epoch line), flushed; the run's last line names the best top-1, its epoch and the checkpoint."""
     run = tmp_path / "run"
-    rc = main(["--profile", "smoke", "--data_size", "tiny", "--img_size", "32", "--batch_size", "16", "--epochs",
-               "2", "--steps_per_epoch", "null", "--val_batches", "2", "--warmup_epochs", "0", "--sched", "constant",
-               "--log_interval", "2", "--tensorboard", "false", "--output_dir", str(run)])
-    assert rc == 0
+    args = ["--profile", "smoke", "--data_size", "tiny", "--img_size", "32", "--batch_size", "16", "--epochs", "2",
+            "--steps_per_epoch", "null", "--val_batches", "2", "--warmup_epochs", "0", "--sched", "constant",
+            "--log_interval", "2", "--tensorboard", "false", "--output_dir", str(run)]
+    assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
     per_epoch = 96 // 16                                           # the tiny split: 96 training images
     assert out[0].startswith("model:       resnet18_plain") and f"updates:     {per_epoch} per epoch, " \
@@ -106,6 +106,12 @@ def test_cli_run_prints_progress_lines_and_ends_with_the_best_epoch(tmp_path, sh
     best = max(rows, key=lambda r: float(r["val_top1"]))           # first epoch of the best top-1
     assert out[-1] == (f"done: best val top-1 {float(best['val_top1']):.1f}% at epoch {best['epoch']}; "
                        f"checkpoint {run / 'best.pth'}")
+    # the same command again: the finished run is reported, not retrained and not refused
+    stamp = (run / "last.pth").stat().st_mtime_ns
+    assert main(args) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert "already holds this run, finished: nothing trained" in again[-2] and again[-1] == out[-1]
+    assert (run / "last.pth").stat().st_mtime_ns == stamp
 
 
 def test_progress_lines_stay_off_a_terminal_with_a_bar(tmp_path, shapes_tiny, capsys, monkeypatch):

@@ -19,7 +19,8 @@ key by key with dotted keys, or as a YAML mapping merged into the file's::
 
 Before training it prints the resolved recipe (:func:`tdam.train.recipe.describe_recipe`: data, epochs, global
 batch, lr, updates, device, run folder; ``--dry-run`` prints only that); a finished run ends with the line
-``done: best val top-1 <acc>% at epoch <n>; checkpoint <run dir>/best.pth``. ``--help`` lists every config field
+``done: best val top-1 <acc>% at epoch <n>; checkpoint <run dir>/best.pth``. A run that already finished with the
+same configuration is not trained again: the command says so and prints that line (exit 0). ``--help`` lists every config field
 with its type, default and meaning, without loading torch.
 
 Errors end with one ``error:`` line naming the file, value or path, and an exit code (defined in
@@ -161,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(describe_recipe(cfg, gpus=None), flush=True)
         if args.dry_run:
             return errors.EXIT_OK
+        if not cfg.resume and (done := _finished_run(cfg)) is not None:
+            if main_process:
+                print(f"{cfg.run_dir()} already holds this run, finished: nothing trained (--resume true with more "
+                      f"--epochs extends it; another --name trains anew)\n{done.done_line()}", flush=True)
+            return errors.EXIT_OK
         result = train(cfg)
     except (ValueError, OSError, FloatingPointError, errors.RunLockedError, KeyboardInterrupt) as e:
         try:
@@ -181,6 +187,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if main_process:
         print(result.done_line(), flush=True)
     return errors.EXIT_OK
+
+
+def _finished_run(cfg):
+    """The :class:`~tdam.train.trainer.RunResult` of the finished run of exactly ``cfg`` in its folder, else None (a
+    folder holding another configuration is left to the trainer, which refuses it naming the difference)."""
+    from tdam.train.cache import find_checkpoint, run_result
+
+    try:
+        found = find_checkpoint(cfg)
+    except ValueError:
+        return None
+    return run_result(cfg.run_dir()) if found is not None else None
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ class RunResult:
         return 100.0 / self.num_classes
 
     def done_line(self) -> str:
-        """The line that ends a finished run (the CLI's last): ``done: best val top-1 74.4% at epoch 3; checkpoint
+        """The line that ends a finished run (the CLI's last): ``done: best val top-1 70.6% at epoch 3; checkpoint
         runs/01_train_imagenet/<run>/best.pth`` (the path relative to the working folder when inside it)."""
         label = {"top1": "top-1", "top5": "top-5"}.get(self.primary_metric, self.primary_metric)
         path = self.checkpoint
