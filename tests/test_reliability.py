@@ -402,3 +402,10 @@ def test_cache_extends_a_shorter_run_in_the_same_folder(tmp_path, shapes_tiny, m
     two = ensure_checkpoint("resnet18", "plain", "smoke", epochs=2, **kw)
     assert one.parent == two.parent and read_checkpoint(two.parent / "last.pth")["epoch"] == 2
     assert "resume: schedule changed: epochs 1 -> 2" in (two.parent / "train.log").read_text()
+    # an extension follows the new schedule, not the finished one (whose cosine ended at lr 0): after epoch 2 of 3
+    # the lr is that of a run planned for 3 epochs from the start
+    ensure_checkpoint("resnet18", "plain", "smoke", epochs=1, name="extended", **kw)
+    three = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, name="extended", **kw)
+    planned = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, name="planned", **kw)
+    lr, want = (read_checkpoint(c.parent / "last.pth")["metrics"]["history"][1]["lr"] for c in (three, planned))
+    assert lr > 0 and lr == pytest.approx(want)

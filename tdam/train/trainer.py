@@ -457,7 +457,9 @@ class _Run:
                 raise ValueError(f"resume: model_ema=True but {path} has no EMA weights")
             s.ema.module.load_state_dict(ck["model_ema"])
         s.optimizer.load_state_dict(ck["optimizer"])
-        if s.scheduler is not None and ck.get("scheduler") is not None:
+        if s.scheduler is not None and ck.get("scheduler") is not None and not self.schedule_changes:
+            # a changed schedule (more epochs, another lr) keeps the scheduler built from the new config: the stored
+            # state holds the old length and would, e.g., keep an extended cosine run at its final lr of 0
             s.scheduler.load_state_dict(ck["scheduler"])
         if s.scaler.is_enabled() and ck.get("scaler"):
             s.scaler.load_state_dict(ck["scaler"])
