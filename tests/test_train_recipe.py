@@ -132,9 +132,12 @@ def test_cli_dry_run_prints_the_recipe_and_trains_nothing(imagenet_folder, tmp_p
                            str(imagenet_folder), "--dry-run"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "epochs:      160" in done.stdout and "image size:  224 px" in done.stdout
-    run_dir = load_config("resnet50_td_joint_t2_m1", data_dir=str(imagenet_folder)).run_dir()
-    assert f"run folder:  {run_dir}" in done.stdout
-    assert not run_dir.exists() and not cfg.run_dir().exists()
+    # real data without a profile: the file's recipe, named 'paper' as notebook 01 names it -- the same run folder,
+    # so a run trained from the command line is the cached run the notebooks evaluate
+    run_dir = load_config("resnet50_td_joint_t2_m1", profile="paper", data_dir=str(imagenet_folder)).run_dir()
+    assert "-paper-" in run_dir.name and run_dir == cfg.run_dir()
+    assert f"run folder:  {run_dir}" in done.stdout and "profile:     paper" in done.stdout
+    assert not run_dir.exists()
 
 
 def test_dry_run_builds_no_data(imagenet_folder, monkeypatch, capsys):

@@ -145,12 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tdam.data.errors import BadImageError
     from tdam.train import errors
     from tdam.train.config import load_config
-    from tdam.train.recipe import describe_recipe
+    from tdam.train.recipe import describe_recipe, resolve_profile
     from tdam.train.trainer import train
 
     main_process = _is_main_process()
     try:
         cfg = load_config(args.config, profile=args.profile, **parse_overrides(rest))
+        if args.profile is None and cfg.data_dir is not None:   # real data, the file's recipe: named as notebook 01
+            cfg = cfg.replace(profile=resolve_profile(None, cfg.data_dir))   # names it, so they share the run
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return errors.EXIT_CONFIG
