@@ -357,10 +357,12 @@ def test_resume_with_new_schedule_is_reported_and_recorded(trained_run, tmp_path
 def test_fresh_start_over_an_existing_run_is_refused(trained_run, tmp_path, capsys):
     run = _copy(trained_run, tmp_path)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    rc, err = _cli(capsys, "--output_dir", str(run))
+    rc, err = _cli(capsys, "--output_dir", str(run), "--seed", "7")      # another run into the finished one's folder
     line = _one_error_line(err)
     assert rc == EXIT_CONFIG and f"{run} already holds a run" in line and "--resume true" in line
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    rc, _ = _cli(capsys, "--output_dir", str(run))                      # the same run again: reported, not retrained
+    assert rc == 0 and {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_run_name_does_not_depend_on_the_schedule_length():

@@ -311,7 +311,19 @@ def semantic_config(cfg: TrainConfig | Mapping[str, Any], *, with_epochs: bool =
     ``with_epochs=False`` also leaves out the schedule length: a cached run of N epochs is the same run as a request
     for M epochs, extended (M > N) by resuming it."""
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    if isinstance(d.get("model"), Mapping):
+        d["model"] = _built_model(d["model"])
     return {k: v for k, v in sorted(d.items()) if k not in NON_SEMANTIC and (with_epochs or k != "epochs")}
+
+
+def _built_model(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The model description as ``create_model`` builds it: a TD model's TD options that are not given (or None) at
+    their defaults, so writing a default out (``t: 2``, as the params files do) or leaving it out names one run."""
+    if model.get("attention") != "td":
+        return dict(model)
+    from tdam.models import TD_OPTION_DEFAULTS
+
+    return {**TD_OPTION_DEFAULTS, **{k: v for k, v in model.items() if v is not None}}
 
 
 def identity_config(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
