@@ -64,6 +64,7 @@ def test_smoke_run_twice_in_separate_processes_with_workers_gives_identical_weig
     _same_weights(first, second)
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_the_weights(shapes_tiny):
     """Each sample's augmentation is seeded by (seed, epoch, index): 0 or 2 loader workers, same weights."""
     from tdam.train import train
@@ -89,6 +90,7 @@ def test_deterministic_option_sets_and_restores_torch_flags():
 
 
 # ------------------------------------------------------------------------------------------ notebook 01 reuses
+@pytest.mark.slow
 def test_train_or_reuse_reuses_then_force_trains_a_new_folder(shapes_tiny, capsys):
     cfg = _tiny()
     first = train_or_reuse(cfg)
@@ -127,6 +129,7 @@ def _transfer_cfg(backbone: Path):
                                 val_batches=1, workers=0, lr=1e-2, num_attentions=2, progress=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_changed_backbone_makes_a_new_transfer_entry_and_both_stay_valid(shapes_tiny, tmp_path):
     import tdam
     from tdam.cache import entries, prune

@@ -234,6 +234,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_one_ddp_epoch_from_shards_under_two_gloo_processes(shapes, tmp_path):
     import socket
 

@@ -193,6 +193,7 @@ def test_notebook_params_validate(tmp_path):
         assert list(nb.notebook_defaults(name)) == list(names), f"{name}: parameters cell and NOTEBOOKS differ"
 
 
+@pytest.mark.slow
 def test_evaluation_never_imports_the_trainer():
     """Evaluation, metrics, CAM and reference code run without the trainer: importing all of it loads no tdam.train
     module, and none of their files names tdam.train (only tdam.notebook calls the trainer)."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # memory is measured with torch.cuda.max_memory_allocated: null on CPU
 _CUDA_ONLY = {"peak_mem_mb", "peak_mem_step_mb", "peak_mem", "cuda", "cudnn"}
@@ -21,6 +23,7 @@ def _numbers(obj, path=""):
         yield path, obj
 
 
+@pytest.mark.slow
 def test_small_mode_writes_every_measurement(tmp_path):
     out = tmp_path / "check.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -62,8 +62,8 @@ def test_unknown_parameter_stops_in_the_validation_cell(name, tmp_path):
     assert all(n in msg for n in nb.NOTEBOOKS[name]), msg          # the valid names, all of them
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "05_attention_shift" else pytest.mark.slow)
-                                  for n in NOTEBOOKS])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_unknown_parameter_fails_the_papermill_run(name, tmp_path):
     """A real kernel: papermill exits with the error of the cell after the parameters, never just a warning."""
     import papermill

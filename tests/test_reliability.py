@@ -391,6 +391,7 @@ def test_sigterm_exit_code_is_interrupted(tmp_path, shapes_tiny):
     assert not (run / LOCK_FILE).read_text()                 # the lock was released
 
 
+@pytest.mark.slow
 def test_cache_extends_a_shorter_run_in_the_same_folder(tmp_path, shapes_tiny, monkeypatch):
     """ensure_checkpoint: the run folder does not depend on epochs; a finished 1-epoch run does not satisfy a
     2-epoch request, which resumes and extends it (reported as a schedule change)."""

@@ -65,6 +65,7 @@ def test_resume_mid_epoch_equals_uninterrupted(reference_run):
     assert header == list(METRIC_COLUMNS)
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_with_workers_equals_uninterrupted(reference_run):
     """With 2 data-loader workers, interrupted after 4 updates and resumed == the uninterrupted run without workers,
     bit for bit: each sample's augmentation is seeded by (seed, epoch, index), whichever process draws it."""
@@ -129,6 +130,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(shapes_tiny):
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_resumable_checkpoint_and_resume_matches(reference_run):
     """SIGTERM in the middle of epoch 1 -> mid-epoch last.pth, clean return; resuming gives the uninterrupted run."""
     previous = signal.getsignal(signal.SIGTERM)
@@ -214,6 +216,7 @@ def test_gradient_accumulation_equals_large_batch():
     assert small.meter.samples == 16 and small.meter.loss_sum == pytest.approx(big.meter.loss_sum, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_periodic_mid_epoch_checkpoint_then_resume_auto(shapes_tiny):
     """checkpoint_every_steps=2: a crash (here a NaN) at update 3 leaves the update-2 state; resume='auto' uses it."""
     cfg = tiny_cfg("periodic", epochs=1, checkpoint_every_steps=2)

@@ -101,6 +101,7 @@ def test_most_confident_needs_td_blocks_and_a_valid_choice():
     assert load_config(None).train_on == "last"
 
 
+@pytest.mark.slow
 def test_resume_bit_identical_with_most_confident(shapes_tiny):
     """Uninterrupted vs stopped after 4 updates (mid-epoch 2) and resumed, Mixup/CutMix, EMA, drop-path RNGs on."""
     kw = dict(REF, train_on="most_confident")

@@ -125,6 +125,7 @@ def test_describe_recipe_states_the_resolved_recipe(imagenet_folder):
         describe_recipe(cfg, gpus=-1)
 
 
+@pytest.mark.slow
 def test_cli_dry_run_prints_the_recipe_and_trains_nothing(imagenet_folder, tmp_path):
     cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder), config="resnet50_td_joint_t2_m1")
     env = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_WAIT_POLICY": "PASSIVE"}

@@ -38,6 +38,7 @@ def test_one_epoch_from_shards_under_two_gloo_processes(tmp_path, shapes_tiny):
     assert torch.isfinite(torch.tensor(hist["train_loss"])) and 0 <= hist["val_top1"] <= 100
 
 
+@pytest.mark.slow
 def test_parquet_and_shards_train_and_shards_resume_mid_epoch(tmp_path, shapes_tiny):
     parquet = train(_cfg("imagenet_parquet", str(tmp_path / "pq"), steps_per_epoch=2))
     assert parquet.num_classes == 12 and len(parquet.history) == 1
