@@ -53,7 +53,6 @@ from tdam.validation import check_choice
 from .base import BadSample, ImageDataset
 from .boxes import Geometry, eval_geometry, map_boxes
 from .coco import COCO2014Dataset
-from .convert import convert_imagenet
 from .errors import BadImageError, DatasetLayoutError
 from .finegrained import CUB200Dataset, StanfordDogsDataset
 from .imagenet import IMAGENET_V2_VARIANTS, ImageNetDataset, ImageNetV2Dataset
@@ -119,3 +118,11 @@ def shapes_root(shapes: str | os.PathLike, kind: str) -> str:
     """The dataset root of ``kind`` inside a tdam-shapes folder (e.g. ``<shapes>/cub200/CUB_200_2011``)."""
     check_choice("kind", kind, sorted(_SHAPES_SUBDIR))
     return os.path.join(os.fspath(shapes), _SHAPES_SUBDIR[kind])
+
+
+def __getattr__(name: str):
+    # convert_imagenet is imported on first use, so that `python -m tdam.data.convert` runs a module not yet imported
+    if name == "convert_imagenet":
+        from .convert import convert_imagenet
+        return convert_imagenet
+    raise AttributeError(f"module 'tdam.data' has no attribute {name!r}")

@@ -36,24 +36,12 @@ from typing import Sequence
 
 from tdam.validation import check_choice, check_int
 
+from .formats import FORMATS, PARQUET_DIR, SPLIT_NAMES, WDS_DIR, require
 from .imagenet import ImageNetDataset
 
 __all__ = ["convert_imagenet", "FORMATS", "SPLIT_NAMES", "WDS_DIR", "PARQUET_DIR", "require", "main"]
 
-FORMATS = ("wds", "parquet")
-#: tdam split -> the split name in the shard / parquet file names (the Hub's 'validation')
-SPLIT_NAMES = {"train": "train", "val": "validation"}
-WDS_DIR, PARQUET_DIR = "imagenet_wds", "imagenet_parquet"
 _EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
-
-
-def require(module: str):
-    """Import an optional dependency of the shard formats, or say which extra installs it."""
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is needed for ImageNet shards / parquet files: pip install 'tdam[shards]'") from e
 
 
 def _records(ds: ImageNetDataset) -> list[dict]:

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from .base import ImageDataset, boxes_tensor
-from .convert import SPLIT_NAMES, require
+from .formats import SPLIT_NAMES, require
 from .errors import BadImageError, layout_error
 
 __all__ = ["ImageNetParquetDataset"]

@@ -545,7 +545,8 @@ def make_shapes_dataset(root: str | os.PathLike | None = None, *, seed: int = 0,
 
 
 def _add_formats(root: Path, size: str, formats: tuple[str, ...]) -> None:
-    from .convert import FORMATS, PARQUET_DIR, WDS_DIR, convert_imagenet
+    from .convert import convert_imagenet
+    from .formats import FORMATS, PARQUET_DIR, WDS_DIR
     for f in formats:
         check_choice("format", f, FORMATS)
     folder = {"wds": WDS_DIR, "parquet": PARQUET_DIR}

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tdam.validation import check_choice, check_int
 
 from .base import BAD_IMAGE_CHOICES, BadSample, boxes_tensor
-from .convert import SPLIT_NAMES, require
+from .formats import SPLIT_NAMES, require
 from .errors import BadImageError, layout_error
 
 __all__ = ["ImageNetWdsDataset", "set_shard_epoch", "shard_loader"]
