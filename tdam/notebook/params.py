@@ -279,14 +279,10 @@ class Params:
         return f"Params({self._notebook}: {self.as_dict()})"
 
 
-def _defaults(notebook: str) -> dict[str, Any]:
-    return _CELLS[notebook]
-
-
 def notebook_defaults(notebook: str) -> dict[str, Any]:
     """The defaults written in the notebook's ``parameters`` cell."""
     check_choice("notebook", notebook, sorted(NOTEBOOKS))
-    return dict(_defaults(notebook))
+    return dict(_CELLS[notebook])
 
 
 def parameters(notebook: str, values: Mapping[str, Any] | None = None, **overrides: Any) -> Params:
@@ -299,7 +295,7 @@ def parameters(notebook: str, values: Mapping[str, Any] | None = None, **overrid
     unknown = sorted((set(overrides) | (_injected_names(values) if values is not None else set())) - set(names))
     if unknown:
         raise UnknownParameterError(notebook, unknown, names)
-    defaults = {} if all(n in given for n in names) else _defaults(notebook)
+    defaults = {} if all(n in given for n in names) else _CELLS[notebook]
     p = Params(notebook, {n: VALIDATORS[n](n, given[n] if n in given else defaults[n]) for n in names})
     _common_checks(p)
     if notebook in CHECKS:
