@@ -55,7 +55,8 @@ def test_papermill_mobilenetv3_default_placement(tmp_path):
     _papermill(out, "-p", "backbone", "mobilenetv3_large_100", "-p", "epochs", "1", "-p", "steps_per_epoch", "2")
     text = _stdout(out)
     assert "mobilenetv3_large_100_td_joint_t2_m1" in text and "final val top-1" in text
-    assert "model: {'arch': 'mobilenetv3_large_100'" in text and "'attention': 'td'}" in text
+    model_line = next(line for line in text.splitlines() if line.startswith("model:"))
+    assert "{'arch': 'mobilenetv3_large_100'" in model_line and "'attention': 'td'" in model_line
 
 
 def test_real_data_gets_the_paper_recipe_dry_run(tmp_path):
