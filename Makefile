@@ -29,14 +29,18 @@ demo: $(STAMP)
 	@echo "executed notebook: runs/01_train_imagenet.ipynb"
 	@grep -o 'final val top-1: [0-9][^"\\]*' runs/01_train_imagenet.ipynb
 
+# The suite runs on every core up to 4 (pytest-xdist): the notebooks in order in one worker, the tests spread over
+# the others (the scheduler is in tests/conftest.py); the workers share the cached embedded data.
+XDIST = -n auto --maxprocesses 4
+
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q $(XDIST) --durations=20
 
 test-drills: $(STAMP)
 	$(PY) -m pytest -q -m drill tests
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow tests
+	$(PY) -m pytest -q $(XDIST) -m slow tests
 
 # All nine notebooks in order, headless; skips those already done with the same parameters (FORCE=1 reruns them).
 # `make reproduce PROFILE=paper DATA_DIR=/data/imagenet` runs them on ImageNet with the paper's recipes.

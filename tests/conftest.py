@@ -1,6 +1,7 @@
 """Shared test set-up.
 
 - Matplotlib renders off-screen (``MPLBACKEND=Agg``) in tests and in the notebook kernels nbval starts.
+- ``make test`` runs in parallel (pytest-xdist): the notebooks in order in one worker, the tests in the others.
 - Tiers: ``make test`` runs every correctness test and the notebooks. Tests marked ``drill`` (resilience drills:
   signals, kills, several processes) run with ``make test-drills``, tests marked ``slow`` (long end-to-end runs) with
   ``make test-slow``; both are skipped, with the command to run them, unless selected with ``-m``. ``.ci/run`` runs all
@@ -20,7 +21,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 TIERS = {"slow": "make test-slow", "drill": "make test-drills"}
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (``make test``: ``-n auto``), the notebooks' cells are one unit of work, run in order in one
+    worker (01 trains the run that 02-09 reuse), and every test is a unit of its own for the other workers."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "notebooks" if ".ipynb::" in nodeid else nodeid
+
+    return NotebooksTogether(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # notebooks first: the longest unit of work starts first
+    items[:] = [i for i in items if i.path.suffix == ".ipynb"] + [i for i in items if i.path.suffix != ".ipynb"]
     if config.getoption("-m"):
         return
     for item in items:
