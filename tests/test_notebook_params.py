@@ -50,6 +50,8 @@ def test_one_vocabulary():
         assert {"checkpoint", "backbone", "attention", "t", "m", "profile", "data_dir", "device"} <= set(
             nb.NOTEBOOKS[name]), name
     assert {"backbone", "attention", "t", "m", "profile", "data_dir", "dry_run"} <= set(nb.NOTEBOOKS["01_train_imagenet"])
+    for name in ("04_ablations", "07_transfer"):                   # the other notebooks that train
+        assert {"backbone", "profile", "data_dir", "device", "dry_run"} <= set(nb.NOTEBOOKS[name]), name
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

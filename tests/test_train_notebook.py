@@ -1,4 +1,5 @@
-"""Notebook 01 through papermill, as a user runs it (slow: the default suite runs the stored defaults via nbval)."""
+"""The training notebooks (01, and the dry runs of 04 and 07) through papermill, as a user runs them (mostly slow: the
+default suite runs the stored defaults via nbval)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from tdam.train import load_config
 NB = repo_root() / "notebooks" / "01_train_imagenet.ipynb"
 
 
-def _papermill(out, *params: str) -> None:
-    cmd = [sys.executable, "-m", "papermill", "-k", "python3", "--log-level", "WARNING", str(NB), str(out), *params]
+def _papermill(out, *params: str, notebook=NB) -> None:
+    cmd = [sys.executable, "-m", "papermill", "-k", "python3", "--log-level", "WARNING", str(notebook), str(out),
+           *params]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -85,3 +87,31 @@ def test_real_data_gets_the_paper_recipe_dry_run(tmp_path):
     cfg = checkpoint_config("resnet50", "td", None, data_dir=data)
     assert (cfg.epochs, cfg.img_size, cfg.profile) == (160, 224, "paper")
     assert not cfg.run_dir().exists(), "a dry run wrote a run folder"
+
+
+@pytest.mark.slow
+def test_ablations_dry_run_prints_each_rows_recipe_and_trains_nothing(tmp_path, monkeypatch):
+    """Notebook 04 with dry_run: every row's resolved recipe is printed, its sizes are in the table, nothing is trained
+    or evaluated, and no table or provenance file is written over a real one."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("TDAM_RUNS", str(runs))
+    out = tmp_path / "04_dry.ipynb"
+    _papermill(out, "-p", "dry_run", "True", notebook=repo_root() / "notebooks" / "04_ablations.ipynb")
+    text = _stdout(out)
+    assert text.count("updates:     ") == 2 and text.count("run folder:  ") == 2, text   # a recipe per row
+    assert "mode_and_distance / ResNet" in text and "dry run" in text
+    assert not (runs / "01_train_imagenet").exists() and not (runs / "04_ablations").exists()
+
+
+@pytest.mark.slow
+def test_transfer_dry_run_trains_neither_backbone_nor_transfer_run(tmp_path, monkeypatch):
+    """Notebook 07 with dry_run on an empty run cache: the untrained backbone's recipe is printed, the transfer runs
+    are resolved and shown, and nothing is trained or written."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("TDAM_RUNS", str(runs))
+    out = tmp_path / "07_dry.ipynb"
+    _papermill(out, "-p", "dry_run", "True", notebook=repo_root() / "notebooks" / "07_transfer.ipynb")
+    text = _stdout(out)
+    assert "dry run: backbone resnet18_td_joint_t2_m1 is not trained yet" in text, text
+    assert "transfer run(s) resolved" in text and "nothing trained" in text
+    assert not (runs / "01_train_imagenet").exists() and not (runs / "07_transfer").exists()

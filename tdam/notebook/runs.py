@@ -109,11 +109,19 @@ def ablation_config(entry: Mapping, *, profile: str | None = None, backbone_over
     return load_config(entry["params"], profile=profile, **kw)
 
 
-def ablation_run(entry: Mapping, cfg, *, train: bool = True, device: torch.device, **evaluation: Any) -> dict:
+def ablation_run(entry: Mapping, cfg, *, train: bool = True, dry_run: bool = False, device: torch.device,
+                 **evaluation: Any) -> dict:
     """Train (or reuse) and evaluate one Table 2 row (:func:`tdam.evaluation.ablations.ablation_row`). With
-    ``train=False`` a row without a finished run is reported as 'not trained'."""
+    ``train=False`` a row without a finished run is reported as 'not trained'. With ``dry_run=True`` the row's
+    resolved recipe is printed (:func:`tdam.train.recipe.describe_recipe`) and nothing is trained or evaluated: the
+    row keeps its sizes, and its status says 'dry run'."""
     from tdam.evaluation.ablations import ablation_row
     from tdam.train.cache import ensure_run, find_checkpoint
+    from tdam.train.recipe import describe_recipe
 
+    if dry_run:
+        print(f"{entry['set']} / {entry['row']}:\n{describe_recipe(cfg, gpus=None)}\n", flush=True)
+        row = ablation_row(entry, dict(cfg.model), None, run_data_settings(cfg.to_dict()), device=device)
+        return {**row, "status": "dry run"}
     ckpt = ensure_run(cfg) if train else find_checkpoint(cfg)
     return ablation_row(entry, dict(cfg.model), ckpt, run_data_settings(cfg.to_dict()), device=device, **evaluation)

@@ -33,12 +33,25 @@ class TransferNotebookParams:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["p"], name)
 
-    def backbones(self) -> dict[str | None, str]:
-        """attention -> ImageNet checkpoint path (embedded mode), trained by the shared trainer when missing."""
+    def backbones(self) -> dict[str | None, str | None]:
+        """attention -> ImageNet checkpoint path (embedded mode), trained by the shared trainer when missing. In a dry
+        run nothing is trained: a missing backbone's recipe is printed and its entry is None."""
+        from tdam.train import checkpoint_config, describe_recipe, find_checkpoint
+
         p = self.p
-        return {(None if a in (None, "plain") else a): str(checkpoint(p.backbone, a, p.profile,
-                                                                       device=p.device))
-                for a in p.attentions}
+        if not p.dry_run:
+            return {(None if a in (None, "plain") else a): str(checkpoint(p.backbone, a, p.profile, device=p.device))
+                    for a in p.attentions}
+        out: dict[str | None, str | None] = {}
+        for a in p.attentions:
+            att = None if a in (None, "plain") else a
+            cfg = checkpoint_config(p.backbone, att, p.profile, device=p.device)
+            found = find_checkpoint(cfg)
+            if found is None:
+                print(f"dry run: backbone {cfg.model_tag()} is not trained yet; its recipe:\n"
+                      f"{describe_recipe(cfg, gpus=None)}\n", flush=True)
+            out[att] = None if found is None else str(found)
+        return out
 
     def _overrides(self, task: str) -> dict[str, Any]:
         p = self.p
@@ -75,3 +88,13 @@ class TransferNotebookParams:
             return [load_transfer_config(f, data_dir=p.data_dir, backbone_checkpoint=p.checkpoint,
                                          device=p.device) for f in p.params_files]
         return self.embedded_configs(backbones if backbones is not None else self.backbones())
+
+    def transfer_runs(self, configs: list[TransferConfig]) -> list:
+        """The finished run of every config (:func:`tdam.transfer.ensure_transfer_run`: reused, resumed or trained);
+        a dry run trains nothing, says so and returns no results."""
+        from tdam.transfer.report import ensure_transfer_run
+
+        if self.p.dry_run:
+            print(f"dry run: {len(configs)} transfer run(s) resolved (the setup above); nothing trained", flush=True)
+            return []
+        return [ensure_transfer_run(c) for c in configs]
