@@ -245,10 +245,12 @@ def test_crop_drop_figure_file_is_tagged_with_the_run(tmp_path, monkeypatch):
     val = [(torch.randn(3, 16, 16), 0) for _ in range(4)]
     monkeypatch.setattr(report, "build_transfer_datasets", lambda cfg: (None, val))
     monkeypatch.setenv("TDAM_ROOT", str(tmp_path))
-    for arch in ("resnet18", "resnet50"):
+    runs = [("resnet18", "default"), ("resnet50", "default"), ("resnet18", "tiny")]   # other model, other data size
+    for arch, size in runs:
         train = SimpleNamespace(model={"arch": arch, "attention": "td", "t": 3}, model_tag=lambda: f"{arch}_td")
-        cfg = SimpleNamespace(task="wsdan", dataset="cub200", data_dir=None, data_size="tiny", train=train,
+        cfg = SimpleNamespace(task="wsdan", dataset="cub200", data_dir=None, data_size=size, train=train,
                               random_backbone=False)
         plt.close(report.crop_drop_figure(Fake(cfg, tmp_path, [], None), n=2))
-    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == [
-        f"07_transfer_crop_drop_cub200-{arch}-td-t3-shapes.png" for arch in ("resnet18", "resnet50")]
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(
+        f"07_transfer_crop_drop_cub200-{arch}-td-t3-shapes{'' if size == 'default' else '-tiny'}.png"
+        for arch, size in runs)

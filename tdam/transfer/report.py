@@ -245,10 +245,11 @@ def crop_drop_panels(images: torch.Tensor, examples: dict[str, torch.Tensor], *,
 def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name: str | None = None):
     """Figure of :func:`crop_drop_panels` for ``n`` validation images of a WS-DAN run, titled with the dataset and
     the backbone. Saved as PNG + PDF under figures/, by default as
-    ``07_transfer_crop_drop_<dataset>-<backbone>-<attention>[-t<t>]-<data>`` (:func:`tdam.notebook.figure_name`), so
-    runs on other backbones or data keep their own files; ``name`` overrides the file stem."""
+    ``07_transfer_crop_drop_<dataset>-<backbone>-<attention>[-t<t>]-<data>`` (:func:`tdam.notebook.figure_name`; the
+    tiny embedded set is ``shapes-tiny``), so runs on other backbones or data keep their own files; ``name`` overrides
+    the file stem."""
     from tdam.models import TD_OPTION_DEFAULTS
-    from tdam.notebook.outputs import figure_name, save_figure
+    from tdam.notebook.outputs import EMBEDDED_DATA_TAG, figure_name, save_figure
 
     if result.config.task != "wsdan":
         raise ValueError("crop/drop examples need a WS-DAN run")
@@ -262,8 +263,9 @@ def crop_drop_figure(result: TransferResult, n: int = 4, *, seed: int = 0, name:
     model = cfg.train.model
     t = {**TD_OPTION_DEFAULTS, **{k: v for k, v in model.items() if v is not None}}["t"] \
         if model.get("attention") == "td" else None
+    tag = cfg.data_dir or (None if cfg.data_size == "default" else f"{EMBEDDED_DATA_TAG}-{cfg.data_size}")
     stem = name or figure_name(f"07_transfer_crop_drop_{cfg.dataset}", backbone=model["arch"],
-                               attention=model.get("attention"), t=t, data=cfg.data_dir)
+                               attention=model.get("attention"), t=t, data=tag)
     save_figure(fig, stem)
     return fig
 
