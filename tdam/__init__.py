@@ -2,8 +2,9 @@
 
 Paper: https://arxiv.org/abs/2111.13470
 
-``import tdam`` is light: the public names below load torch and timm on first use, so command lines that only read
-a configuration (``python -m tdam.train --help``) start in a fraction of a second. The TD models are registered in
+``import tdam`` is light: the public names below, and the subpackages (``tdam.models``, ``tdam.data``, ...), load
+torch and timm on first use, so command lines that only read a configuration (``python -m tdam.train --help``)
+start in a fraction of a second. The TD models are registered in
 timm's registry (``timm.create_model("td_resnet50")``) as soon as both tdam and timm are imported, in either order:
 at once if timm is already loaded, else right after timm's own import finishes (:class:`_RegisterWhenTimmLoads`).
 """
@@ -31,9 +32,12 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"tdam.{_EXPORTS[name]}"), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"tdam.{name}") is not None:
+        value = importlib.import_module(f"tdam.{name}")          # a subpackage: tdam.models, tdam.data, ...
+    else:
         raise AttributeError(f"module 'tdam' has no attribute {name!r}; public names are {__all__}")
-    value = getattr(importlib.import_module(f"tdam.{_EXPORTS[name]}"), name)
     globals()[name] = value
     return value
 
