@@ -75,10 +75,11 @@ def test_import_tdam_is_light_and_registers_the_models_with_timm_in_either_order
     after tdam (the import hook) or before it."""
     code = ("import sys; import tdam; print('LIGHT', 'torch' not in sys.modules); import timm; " if first == "tdam" else
             "import sys, timm, tdam; ")
-    code += "print('REGISTERED', timm.is_model('td_resnet50'), timm.is_model('se_resnet50'))"
+    code += ("print('REGISTERED', timm.is_model('td_resnet50'), timm.is_model('se_resnet50')); "
+             "print('SUBPACKAGE', 'resnet50' in tdam.models.ARCHS)")      # a subpackage is an attribute on first use
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert done.returncode == 0, done.stderr
-    expected = ["LIGHT True"] * (first == "tdam") + ["REGISTERED True True"]
+    expected = ["LIGHT True"] * (first == "tdam") + ["REGISTERED True True", "SUBPACKAGE True"]
     assert done.stdout.splitlines() == expected, done.stdout
 
 
