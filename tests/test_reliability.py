@@ -412,3 +412,17 @@ def test_cache_extends_a_shorter_run_in_the_same_folder(tmp_path, shapes_tiny, m
     planned = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, name="planned", **kw)
     lr, want = (read_checkpoint(c.parent / "last.pth")["metrics"]["history"][1]["lr"] for c in (three, planned))
     assert lr > 0 and lr == pytest.approx(want)
+
+
+def test_resume_check_treats_a_written_out_td_default_as_the_same_model():
+    """Notebook 01's run (model {arch, attention}) extended from the CLI with its params file, which writes t, m and
+    td_mode out at their defaults: one model, so only the schedule changes; another t is still refused."""
+    from tdam.train.config import config_changes
+
+    stored = load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}).to_dict()
+    extended = load_config("resnet18_td_joint_t2_m1", profile="smoke", epochs=5)
+    assert extended.run_name() == load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}
+                                              ).run_name()
+    assert config_changes(stored, extended) == ({}, {"epochs": (3, 5)})
+    other_t = load_config("resnet18_td_joint_t2_m1", profile="smoke", model={"t": 3})
+    assert config_changes(stored, other_t)[0] == {"model.t": (2, 3)}

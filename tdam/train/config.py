@@ -344,7 +344,8 @@ def config_changes(stored: Mapping[str, Any], new: TrainConfig | Mapping[str, An
     """``(refused, schedule)``: the fields that differ between a checkpoint's stored config and ``new``, as
     ``{field: (stored, new)}`` (model keys as ``model.<key>``). ``schedule`` holds the :data:`SCHEDULE_FIELDS` (a
     resume may change them); ``refused`` every other field that changes what is learned (the model, the data, the
-    optimizer, augmentation, seed). A field missing from an older stored config counts as its default."""
+    optimizer, augmentation, seed). A field missing from an older stored config counts as its default, and so does
+    a TD option the model leaves unset (``t: 2`` written out or not is one model)."""
     new_d = new.to_dict() if isinstance(new, TrainConfig) else dict(new)
     defaults = TrainConfig.__dataclass_fields__
 
@@ -364,6 +365,8 @@ def config_changes(stored: Mapping[str, Any], new: TrainConfig | Mapping[str, An
             continue
         old_v = plain(stored[k] if k in stored else default(k))
         new_v = plain(new_d[k] if k in new_d else default(k))
+        if k == "model" and isinstance(old_v, dict) and isinstance(new_v, dict):   # a default written out or not
+            old_v, new_v = plain(_built_model(old_v)), plain(_built_model(new_v))    # is the same model
         if old_v == new_v:
             continue
         if k == "model" and isinstance(old_v, dict) and isinstance(new_v, dict):
