@@ -17,7 +17,8 @@ import importlib.abc
 import importlib.util
 import sys
 import warnings as _warnings
-from typing import Any
+
+from tdam._lazy import lazy_attributes
 
 # timm -> huggingface_hub imports tqdm.auto, which warns inside Jupyter kernels without ipywidgets; tdam never shows
 # widget progress bars (progress is plain text, and quiet when not interactive), so the warning is noise.
@@ -31,19 +32,7 @@ _EXPORTS = {   # public name -> the submodule that defines it
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"tdam.{_EXPORTS[name]}"), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"tdam.{name}") is not None:
-        value = importlib.import_module(f"tdam.{name}")          # a subpackage: tdam.models, tdam.data, ...
-    else:
-        raise AttributeError(f"module 'tdam' has no attribute {name!r}; public names are {__all__}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 
 class _RegisterWhenTimmLoads(importlib.abc.MetaPathFinder):

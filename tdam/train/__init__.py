@@ -19,9 +19,7 @@ The names below are imported on first use (``tdam.train.train`` loads torch, the
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Any
+from tdam._lazy import lazy_attributes
 
 _EXPORTS = {   # public name -> the module that defines it
     "TrainConfig": "config", "load_config": "config",
@@ -36,16 +34,4 @@ _EXPORTS = {   # public name -> the module that defines it
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}; public names are {__all__}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
