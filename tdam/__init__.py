@@ -4,9 +4,9 @@ Paper: https://arxiv.org/abs/2111.13470
 
 ``import tdam`` is light: the public names below, and the subpackages (``tdam.models``, ``tdam.data``, ...), load
 torch and timm on first use, so command lines that only read a configuration (``python -m tdam.train --help``)
-start in a fraction of a second. The TD models are registered in
-timm's registry (``timm.create_model("td_resnet50")``) as soon as both tdam and timm are imported, in either order:
-at once if timm is already loaded, else right after timm's own import finishes (:class:`_RegisterWhenTimmLoads`).
+start in a fraction of a second. The TD models are registered in timm's registry (``timm.create_model(
+"td_resnet50")``) as soon as both tdam and timm are imported, in either order: at once if timm is already loaded,
+else right after timm's own import finishes (:class:`_RegisterWhenTimmLoads`).
 """
 from __future__ import annotations
 
