@@ -39,12 +39,12 @@ class TransferNotebookParams:
         from tdam.train import checkpoint_config, describe_recipe, find_checkpoint
 
         p = self.p
-        if not p.dry_run:
-            return {(None if a in (None, "plain") else a): str(checkpoint(p.backbone, a, p.profile, device=p.device))
-                    for a in p.attentions}
         out: dict[str | None, str | None] = {}
         for a in p.attentions:
             att = None if a in (None, "plain") else a
+            if not p.dry_run:
+                out[att] = str(checkpoint(p.backbone, att, p.profile, device=p.device))
+                continue
             cfg = checkpoint_config(p.backbone, att, p.profile, device=p.device)
             found = find_checkpoint(cfg)
             if found is None:
