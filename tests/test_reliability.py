@@ -25,7 +25,7 @@ from tdam.data.errors import BadImageError
 from tdam.train import load_config, train
 from tdam.train.cli import main, parse_overrides
 from tdam.train.config import ConfigError, load_yaml_with_base
-from tdam.train.errors import (EXIT_BUSY, EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_IO, ClassCountError,
+from tdam.errors import (EXIT_BUSY, EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_IO, ClassCountError,
                                ResumeMismatchError, RunLockedError, RunWriteError, writing)
 from tdam.train.runlock import LOCK_FILE, RunLock
 

@@ -22,7 +22,7 @@ from tdam.paths import repo_root
 from tdam.train import TrainConfig, load_config, train
 from tdam.train.cli import main, parse_overrides
 from tdam.train.config import GROUPS
-from tdam.train.errors import EXIT_INTERRUPTED
+from tdam.errors import EXIT_INTERRUPTED
 from tdam.train.trainer import duration
 
 ENV = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_WAIT_POLICY": "PASSIVE"}

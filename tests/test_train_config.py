@@ -11,7 +11,7 @@ from tdam.paths import params_dir
 from tdam.train import TrainConfig, load_config
 from tdam.train.cli import main, parse_overrides
 from tdam.train.config import config_hash
-from tdam.train.errors import EXIT_DATA
+from tdam.errors import EXIT_DATA
 
 PAPER_TABLE1 = Path(tdam.reference.__file__).parent / tdam.reference.TABLES[1]
 

@@ -24,7 +24,7 @@ same configuration is not trained again: the command says so and prints that lin
 with its type, default and meaning, without loading torch.
 
 Errors end with one ``error:`` line naming the file, value or path, and an exit code (defined in
-:mod:`tdam.train.errors`):
+:mod:`tdam.errors`):
 
     0  the run finished                     4  the run folder cannot be written (no space, read-only, permission)
     1  non-finite loss (last.pth is kept)    5  interrupted after saving a resumable last.pth: rerun --resume true
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from tdam.data.errors import BadImageError
-    from tdam.train import errors
+    from tdam import errors
     from tdam.train.config import load_config
     from tdam.train.recipe import describe_recipe, resolve_profile
     from tdam.train.trainer import train

@@ -5,7 +5,7 @@ profile overlay (``params/profiles/<name>.yaml``, e.g. ``smoke`` for the embedde
 overrides. :func:`load_config` merges the three in that order and returns a validated :class:`TrainConfig`; every
 wrong value raises ``ValueError`` naming the valid choices, before a model or a dataset is touched. Files and
 command-line values are read by one YAML loader (:func:`load_yaml`): a syntax error or a key given twice raises
-:class:`~tdam.train.errors.ConfigError` with the file (or flag), line and column; ``base:`` must be a path or a list
+:class:`~tdam.errors.ConfigError` with the file (or flag), line and column; ``base:`` must be a path or a list
 of paths. Every float field must be a finite number.
 
 A run folder is named by the config's identity (:func:`identity_config`): everything that changes what is learned
@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from tdam.paths import params_dir, runs_dir
-from tdam.train.errors import ConfigError
+from tdam.errors import ConfigError
 
 __all__ = ["TrainConfig", "load_config", "load_yaml", "load_yaml_with_base", "merge_config", "RUNS_SUBDIR",
            "semantic_config", "identity_config", "config_changes", "SCHEDULE_FIELDS", "NON_SEMANTIC", "GROUPS",

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from tdam.checkpoint import unwrap_model
+from tdam.errors import NonFiniteLossError   # re-exported: tdam.train.NonFiniteLossError
 from tdam.train.distributed import all_reduce_sum
 from tdam.train.config import TRAIN_ON
 from tdam.validation import check_choice
@@ -50,10 +51,6 @@ __all__ = [
     "Task", "ClassificationTask", "TRAIN_ON", "most_confident_logits", "EvalContext", "TrainState", "EpochMeter",
     "NonFiniteLossError", "train_one_epoch", "evaluate",
 ]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``<run>/.run.lock`` is held with ``fcntl.flock`` (non-blocking, exclusive) for the whole run and holds a JSON record
 ``{"pid", "host", "started"}`` of its holder. A second process that starts on the same folder is refused at once with
-:class:`~tdam.train.errors.RunLockedError` naming the first one's PID and host. The kernel drops a flock when its
+:class:`~tdam.errors.RunLockedError` naming the first one's PID and host. The kernel drops a flock when its
 process dies (even by ``kill -9``), so a lock file left by a dead run is taken over, with a message naming the dead
 holder. The file itself is never removed (removing it would let two processes lock two different files).
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tdam.train.errors import RunLockedError, writing
+from tdam.errors import RunLockedError, writing
 
 __all__ = ["RunLock", "LOCK_FILE"]
 

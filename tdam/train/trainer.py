@@ -11,10 +11,10 @@ Run folder: one live run per folder (``.run.lock``, :mod:`tdam.train.runlock`; a
 first one's PID and host). Before anything is written, the data's class count is checked against the model's
 ``num_classes``, temporary files of an interrupted checkpoint write are removed and a resume checkpoint's config is
 compared with the new one: a change of the model or the data is refused
-(:class:`~tdam.train.errors.ResumeMismatchError` listing the differences), schedule changes (epochs, lr, warm-up, ...)
+(:class:`~tdam.errors.ResumeMismatchError` listing the differences), schedule changes (epochs, lr, warm-up, ...)
 are logged and appended to ``config_history.jsonl``. A fresh start (``resume: false``) in a folder that holds a
 ``last.pth`` is refused: nothing of a run is overwritten. A refused start removes the run folder it created. Write
-failures (no space, read-only) raise :class:`~tdam.train.errors.RunWriteError` naming the file.
+failures (no space, read-only) raise :class:`~tdam.errors.RunWriteError` naming the file.
 
 Output (rank 0): a header line (run folder, model, device, lr, global batch, updates per epoch); a progress line
 every ``log_interval`` updates (epoch, update in the epoch, step of the run, loss, lr, img/s, ETA) written to
@@ -51,7 +51,7 @@ import yaml
 import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
 from tdam.train.config import TrainConfig, config_changes, describe_changes
-from tdam.train.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
+from tdam.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
 from tdam.train.runlock import RunLock
 from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed

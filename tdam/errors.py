@@ -1,9 +1,10 @@
-"""The trainer's named errors and the exit codes of ``python -m tdam.train``, in one place.
+"""The process contract of tdam's commands, in one place: the named errors and the exit codes of
+``python -m tdam.train``, ``python -m tdam.data.convert``, ``python -m tdam.cache`` and ``python -m tdam.transfer``.
 
 Every failure a user can cause or meet ends in one of these classes (or a data reader's
 :class:`~tdam.data.errors.DatasetLayoutError` / :class:`~tdam.data.errors.BadImageError`, a non-finite loss's
-:class:`~tdam.train.engine.NonFiniteLossError`, an ``OSError`` of the file system), and :func:`exit_code` maps each to
-one exit code of the table below. The CLI prints the message on one line and returns the code.
+:class:`NonFiniteLossError`, an ``OSError`` of the file system), and :func:`exit_code` maps each to one exit code of
+the table below. A command prints the message on one line and returns the code.
 
 ====  ==================  =======================================================================================
 code  name                meaning
@@ -29,8 +30,8 @@ from typing import Iterator
 
 __all__ = [
     "EXIT_OK", "EXIT_NONFINITE", "EXIT_CONFIG", "EXIT_DATA", "EXIT_IO", "EXIT_INTERRUPTED", "EXIT_BUSY",
-    "EXIT_CODES", "ConfigError", "ResumeMismatchError", "ClassCountError", "RunLockedError", "RunWriteError",
-    "IO_ERRNOS", "exit_code", "one_line", "writing",
+    "EXIT_CODES", "NonFiniteLossError", "ConfigError", "ResumeMismatchError", "ClassCountError", "RunLockedError",
+    "RunWriteError", "IO_ERRNOS", "exit_code", "one_line", "writing",
 ]
 
 EXIT_OK = 0
@@ -53,6 +54,10 @@ EXIT_CODES = {
 
 # File-system errors that mean "this folder cannot be written", whoever raised them.
 IO_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
 
 
 class ConfigError(ValueError):
@@ -122,8 +127,8 @@ def one_line(e: BaseException) -> str:
 def exit_code(e: BaseException) -> int:
     """The exit code for an exception that ended a run (see the module table); unknown exceptions are not mapped
     (the caller re-raises them: a traceback is a bug report)."""
+    # imported here: the tdam.data package loads torch, which the config checks and --help do without
     from tdam.data.errors import BadImageError, DatasetLayoutError
-    from tdam.train.engine import NonFiniteLossError
 
     if isinstance(e, NonFiniteLossError):
         return EXIT_NONFINITE
