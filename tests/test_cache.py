@@ -157,9 +157,9 @@ def test_changed_backbone_makes_a_new_transfer_entry_and_both_stay_valid(shapes_
     again = ensure_transfer_run(_transfer_cfg(backbone))
     assert again.run_dir == first.run_dir and first.checkpoint.stat().st_mtime_ns == stamp
     assert again.history == first.history
-    would = [e.path for e in prune(unused=True, dry_run=True)]
+    would = [e.path for e in prune(unused=True, dry_run=True)[0]]
     assert second.run_dir in would and first.run_dir not in would and second.run_dir.is_dir()   # dry run
-    assert second.run_dir in [e.path for e in prune(unused=True)] and not second.run_dir.exists()
+    assert second.run_dir in [e.path for e in prune(unused=True)[0]] and not second.run_dir.exists()
     assert first.run_dir.is_dir()
 
 
@@ -186,7 +186,7 @@ def test_cache_command_lists_and_prunes_by_age(tmp_path, capsys):
     (tmp_path / "data" / "shapes-tiny-s0").mkdir(parents=True)      # the dataset cache is not an entry
     assert main(["--root", str(tmp_path), "list"]) == 0
     out = capsys.readouterr().out
-    assert str(old) in out and str(new) in out and "2 cached run(s)" in out and "shapes" not in out
+    assert old.name in out and new.name in out and "2 run(s)" in out and "shapes" not in out
     assert main(["--root", str(tmp_path), "prune", "--older-than", "7d", "--dry-run"]) == 0
     assert "would remove" in capsys.readouterr().out and old.is_dir()
     assert main(["--root", str(tmp_path), "prune", "--older-than", "7d"]) == 0
@@ -203,7 +203,8 @@ def test_prune_skips_an_entry_in_use(tmp_path):
     busy = _fake_run(tmp_path, "01_train_imagenet", "busy", 10 * 86400)
     with open(busy / ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
-        assert prune(older_than=86400, root=tmp_path) == [] and busy.is_dir()
+        removed, in_use = prune(older_than=86400, root=tmp_path)
+        assert removed == [] and [e.path for e in in_use] == [busy] and busy.is_dir()
 
 
 # ------------------------------------------------------------------------------------------ concurrent requests

@@ -27,7 +27,8 @@ from tdam.train.cli import main, parse_overrides
 from tdam.train.config import ConfigError, load_yaml_with_base
 from tdam.errors import (EXIT_BUSY, EXIT_CONFIG, EXIT_DATA, EXIT_INTERRUPTED, EXIT_IO, ClassCountError,
                                ResumeMismatchError, RunLockedError, RunWriteError, writing)
-from tdam.train.runlock import LOCK_FILE, RunLock
+from tdam.runs import RunLock
+from tdam.runs.layout import LOCK_FILE
 
 SMALL = ["--profile", "smoke", "--data_size", "tiny", "--img_size", "32", "--batch_size", "8", "--epochs", "1",
          "--steps_per_epoch", "2", "--val_batches", "1", "--log_interval", "1"]
@@ -276,7 +277,7 @@ def test_read_only_output_folder(tmp_path, capsys, shapes_tiny, monkeypatch):
 
 def test_second_live_run_refused_naming_pid_and_host(tmp_path, capsys, shapes_tiny):
     run = tmp_path / "run"
-    with RunLock(run):                                         # a live run holds the folder
+    with RunLock(run):                                         # a live run holds the folder (here: this process)
         with pytest.raises(RunLockedError, match=rf"PID {os.getpid()} on host {socket.gethostname()}") as e:
             train(_cfg(run))
         assert e.value.pid == os.getpid()
@@ -307,7 +308,7 @@ def test_two_processes_on_one_run_folder_exactly_one_trains(tmp_path, shapes_tin
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, EXIT_BUSY], outs
     loser = outs[[p.returncode for p in procs].index(EXIT_BUSY)][1]
-    assert "is in use by another run: PID" in loser and socket.gethostname() in loser
+    assert "is in use by another process: PID" in loser and socket.gethostname() in loser
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3                                # one run's three epochs, not interleaved rows
     assert len((run / "config_history.jsonl").read_text().splitlines()) == 1
@@ -341,17 +342,14 @@ def test_resume_with_another_backbone_is_refused(trained_run, tmp_path, capsys):
     assert after == before                                   # nothing written or overwritten
 
 
-def test_resume_with_new_schedule_is_reported_and_recorded(trained_run, tmp_path):
+def test_resume_into_a_named_folder_with_a_new_schedule_is_refused(trained_run, tmp_path, capsys):
+    """A named folder holds one run: continuing it with more epochs or another lr would change what its name points
+    at; the refusal says how to continue it as a new run."""
     run = _copy(trained_run, tmp_path)
-    res = train(_cfg(run, resume=True, epochs=2, lr=0.05))
-    assert not res.interrupted and len(res.history) == 2
-    log = (run / "train.log").read_text()
-    assert "resume: schedule changed: epochs 1 -> 2, lr None -> 0.05 (recorded in config_history.jsonl)" in log
-    history = [json.loads(ln) for ln in (run / "config_history.jsonl").read_text().splitlines()]
-    assert [h["event"] for h in history] == ["start", "resume"]
-    assert history[0]["config"]["epochs"] == 1 and history[1]["changes"] == {"epochs": [1, 2], "lr": [None, 0.05]}
-    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 2
-    assert read_checkpoint(run / "last.pth")["config"]["lr"] == 0.05
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ResumeMismatchError, match=r"epochs 1 -> 2, lr None -> 0.05.*continues as a new run"):
+        train(_cfg(run, resume=True, epochs=2, lr=0.05))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def test_fresh_start_over_an_existing_run_is_refused(trained_run, tmp_path, capsys):
@@ -365,14 +363,14 @@ def test_fresh_start_over_an_existing_run_is_refused(trained_run, tmp_path, caps
     assert rc == 0 and {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
-def test_run_name_does_not_depend_on_the_schedule_length():
+def test_run_name_depends_on_everything_that_changes_the_weights():
     a = load_config(None, profile="smoke")
-    assert a.run_name() == load_config(None, profile="smoke", epochs=50).run_name()
-    # another lr or warm-up is another run (a cached request never collides with a run it does not match); a resume
-    # into a named folder may still change them (test_resume_with_new_schedule_is_reported_and_recorded)
+    assert a.run_name() != load_config(None, profile="smoke", epochs=50).run_name()      # epochs included
+    assert "-e3-" in a.run_name() and "-e50-" in load_config(None, profile="smoke", epochs=50).run_name()
     assert a.run_name() != load_config(None, profile="smoke", lr=0.3, warmup_epochs=1).run_name()
     assert a.run_name() != load_config(None, profile="smoke", seed=3).run_name()
     assert a.run_name() != load_config(None, profile="smoke", model={"arch": "resnet34"}).run_name()
+    assert a.run_name() == load_config(None, profile="smoke", workers=0, log_interval=7).run_name()   # not weights
 
 
 @pytest.mark.drill
@@ -392,9 +390,10 @@ def test_sigterm_exit_code_is_interrupted(tmp_path, shapes_tiny):
 
 
 @pytest.mark.slow
-def test_cache_extends_a_shorter_run_in_the_same_folder(tmp_path, shapes_tiny, monkeypatch):
-    """ensure_checkpoint: the run folder does not depend on epochs; a finished 1-epoch run does not satisfy a
-    2-epoch request, which resumes and extends it (reported as a schedule change)."""
+def test_a_longer_request_is_a_new_run_and_an_extension_follows_the_new_schedule(tmp_path, shapes_tiny, monkeypatch):
+    """ensure_checkpoint: a finished 1-epoch run does not satisfy a 2-epoch request, which trains its own run; an
+    extension (resume true) is a third run, named after its parent, whose lr after epoch 2 of 3 is that of a run
+    planned for 3 epochs (not the finished one's cosine, which ended at 0)."""
     from tdam.paths import data_cache_dir
     from tdam.train import ensure_checkpoint
 
@@ -403,14 +402,16 @@ def test_cache_extends_a_shorter_run_in_the_same_folder(tmp_path, shapes_tiny, m
     kw = dict(data_size="tiny", img_size=32, batch_size=8, steps_per_epoch=2, val_batches=1, progress=False)
     one = ensure_checkpoint("resnet18", "plain", "smoke", epochs=1, **kw)
     two = ensure_checkpoint("resnet18", "plain", "smoke", epochs=2, **kw)
-    assert one.parent == two.parent and read_checkpoint(two.parent / "last.pth")["epoch"] == 2
-    assert "resume: schedule changed: epochs 1 -> 2" in (two.parent / "train.log").read_text()
-    # an extension follows the new schedule, not the finished one (whose cosine ended at lr 0): after epoch 2 of 3
-    # the lr is that of a run planned for 3 epochs from the start
-    ensure_checkpoint("resnet18", "plain", "smoke", epochs=1, name="extended", **kw)
-    three = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, name="extended", **kw)
-    planned = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, name="planned", **kw)
-    lr, want = (read_checkpoint(c.parent / "last.pth")["metrics"]["history"][1]["lr"] for c in (three, planned))
+    assert one.parent != two.parent and read_checkpoint(one.parent / "last.pth")["epoch"] == 1
+    assert "resumed" not in (two.parent / "train.log").read_text()              # trained from scratch
+    three = train(load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "plain"}, epochs=3,
+                              resume=True, **kw))
+    assert "-e3-from2-" in three.run_dir.name
+    assert json.loads((three.run_dir / "run.json").read_text())["parent"]["folder"] == two.parent.name
+    assert read_checkpoint(two.parent / "last.pth")["epoch"] == 2                # the parent is left as it was
+    planned = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, **kw)
+    lr, want = (read_checkpoint(c / "last.pth")["metrics"]["history"][1]["lr"] for c in (three.run_dir,
+                                                                                        planned.parent))
     assert lr > 0 and lr == pytest.approx(want)
 
 
@@ -420,9 +421,10 @@ def test_resume_check_treats_a_written_out_td_default_as_the_same_model():
     from tdam.train.config import config_changes
 
     stored = load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}).to_dict()
+    same = load_config("resnet18_td_joint_t2_m1", profile="smoke")
+    assert same.run_name() == load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}
+                                          ).run_name()
     extended = load_config("resnet18_td_joint_t2_m1", profile="smoke", epochs=5)
-    assert extended.run_name() == load_config(None, profile="smoke", model={"arch": "resnet18", "attention": "td"}
-                                              ).run_name()
     assert config_changes(stored, extended) == ({}, {"epochs": (3, 5)})
     other_t = load_config("resnet18_td_joint_t2_m1", profile="smoke", model={"t": 3})
     assert config_changes(stored, other_t)[0] == {"model.t": (2, 3)}

@@ -67,7 +67,7 @@ __all__ = [
     "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
     "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
     "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "ImageNetWdsDataset",
-    "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS",
+    "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS", "TASK_DATASETS",
 ]
 
 DATASETS: dict[str, type] = {
@@ -79,6 +79,8 @@ DATASETS: dict[str, type] = {
     "imagenet_wds": ImageNetWdsDataset,
     "imagenet_parquet": ImageNetParquetDataset,
 }
+#: the transfer tasks of notebook 07 -> the datasets each is trained on (WS-DAN: fine-grained; ASL: multi-label COCO)
+TASK_DATASETS = {"wsdan": ("cub200", "stanford_dogs"), "asl": ("coco2014",)}
 #: the dataset kinds that are a converted format of ImageNet -> make_shapes_dataset(formats=...) entry
 SHARD_FORMATS = {"imagenet_wds": "wds", "imagenet_parquet": "parquet"}
 

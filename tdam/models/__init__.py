@@ -7,8 +7,9 @@ The one place for the model choices: ``ARCHS``, ``ATTENTIONS`` and the default T
 """
 from .blocks import (TD_BLOCK_TYPES, TDBasicBlock, TDBlock, TDBottleneck, TDConvNeXtBlock, TDInvertedResidual,
                      TDTorchvisionBasicBlock, TDTorchvisionBottleneck, td_block_from)
-from .convert import add_td
+from .retrofit import add_td
 from .factory import (ARCHS, ATTENTIONS, MODEL_OPTIONS, PLAIN_ALIASES, TD_DEFAULTS, TD_OPTION_DEFAULTS,
-                      canonical_model, check_model, create_model, is_td_model, model_option_names, model_spec)
+                      canonical_model, check_model, create_model, is_td_model, model_option_names, model_spec,
+                      trained_steps)
 from .steps import StepsMixin, TDConvNeXt, TDMobileNetV3, TDResNet, TDTorchvisionResNet
 from .td import TD_FEEDBACKS, TD_MODES, TD_ORDERS, TD_POOLS, ConvFeedback, TDAttention

@@ -2,7 +2,7 @@
 
 Besides the paper's architectures (``ARCHS``), any timm ResNet-family, ConvNeXt or MobileNetV3 architecture whose
 blocks TD supports (resnet26, resnet152, wide_resnet50_2, resnext50_32x4d, convnext_small, ...) is accepted, plain
-or with TD (the baselines keep the paper's architectures). TD goes in through :func:`tdam.models.convert.add_td`'s
+or with TD (the baselines keep the paper's architectures). TD goes in through :func:`tdam.models.retrofit.add_td`'s
 code; its default placement is the paper's rule, the last two stages, except for the paper's own architectures,
 which keep the placement of ``TD_DEFAULTS``.
 
@@ -31,7 +31,7 @@ from .convert import _resolve, convert_blocks, default_td_stages
 from .steps import StepsMixin, _blocks, stage_modules, steps_class_for
 
 __all__ = ["create_model", "ModelOptionError", "is_td_model", "check_model", "model_spec", "canonical_model", "model_option_names",
-           "MODEL_OPTIONS", "ARCHS", "ATTENTIONS", "PLAIN_ALIASES", "TD_DEFAULTS", "TD_OPTION_DEFAULTS"]
+           "MODEL_OPTIONS", "ARCHS", "ATTENTIONS", "PLAIN_ALIASES", "TD_DEFAULTS", "TD_OPTION_DEFAULTS", "trained_steps"]
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "convnext_tiny", "mobilenetv3_large_100")
 ATTENTIONS = (None, "td", "se", "cbam", "eca", "fca")
@@ -281,6 +281,14 @@ def check_model(model: Any) -> None:
         raise ValueError(f"model: 'arch' is missing; valid choices are {list(ARCHS)}")
     with torch.device("meta"):
         create_model(**model)
+
+
+def trained_steps(model_config: Mapping) -> int:
+    """The computation steps ``t`` a model description was trained with: its ``t`` (``create_model``'s default when
+    unset) for a TD model; 1 without TD."""
+    if model_config.get("attention") != "td":
+        return 1
+    return int(model_config.get("t") or TD_OPTION_DEFAULTS["t"])
 
 
 def is_td_model(model: nn.Module) -> bool:

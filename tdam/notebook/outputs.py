@@ -4,12 +4,11 @@ written beside them (checkpoint digest, data, device, library versions, time).""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ import pandas as pd
 import torch
 
 from tdam import paths
+from tdam.models import trained_steps
+from tdam.runs import file_digest   # re-exported: tdam.notebook.file_digest
 
 __all__ = ["run_figure_name", "data_label", "run_dir", "write_table", "write_json", "figure_name", "save_figure", "provenance", "file_digest"]
 
@@ -102,8 +103,6 @@ def run_figure_name(base: str, models: Sequence[Mapping], *, t: int | None = Non
     """:func:`figure_name` of a figure showing ``models`` (their ``model_config`` mappings; the first one's
     backbone): the attentions in order and, when a TD model is among them, its steps ``t`` (given: the steps it was
     evaluated at; else its trained t, ``create_model``'s default when unset)."""
-    from .runs import trained_steps
-
     td = [m for m in models if m.get("attention") == "td"]
     if td and t is None:
         t = trained_steps(td[0])
@@ -127,15 +126,6 @@ def save_figure(fig, name: str) -> list[Path]:
         fig.savefig(p, bbox_inches="tight", dpi=150 if ext == "png" else None)
         out.append(p)
     return out
-
-
-def file_digest(path: str | Path, n: int = 12) -> str:
-    """First ``n`` hex digits of the file's SHA-256."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:n]
 
 
 def provenance(*, checkpoint: str | Path | None = None, data: str | Path | None = None,

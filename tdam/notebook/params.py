@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from tdam import paths
+from tdam.data import TASK_DATASETS
 from tdam.models import ARCHS, ATTENTIONS
 from tdam.models.td import TD_MODES
 from tdam.validation import check_bool, check_choice, check_int, check_number, resolve_device
@@ -156,8 +157,6 @@ def _later_block(name, v):
 
 def _transfer_datasets(task: str) -> Validator:
     def choices():
-        from tdam.transfer.run import TASK_DATASETS
-
         return list(TASK_DATASETS[task])
     return _list(_choice(choices))
 

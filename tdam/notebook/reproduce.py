@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from tdam import paths
 from tdam.validation import check_choice
 
-from .params import NOTEBOOKS
+from .params import NOTEBOOKS, notebook_defaults
 
 __all__ = ["PROFILES", "ORDER", "notebook_parameters", "reproduce", "write_gallery", "summary_table", "main"]
 
@@ -139,11 +139,12 @@ def write_gallery(records: Sequence[dict[str, Any]], folder: str | Path) -> list
         target = folder / f"{r['notebook']}.png"
         shutil.copyfile(figures[0], target)
         copied.append(target)
-        index[r["notebook"]] = {"figure": figures[0].name, "parameters": r.get("parameters", {}),
-                                "notebook_sha256": r.get("notebook_sha256")}
+        index[r["notebook"]] = {"figure": figures[0].name, "notebook_sha256": r.get("notebook_sha256"),
+                                # every parameter in force: the notebook's defaults (its parameters cell) + overrides
+                                "parameters": {**notebook_defaults(r["notebook"]), **r.get("parameters", {})}}
     import torch
 
-    meta = {"made_by": "make reproduce (python -m tdam.notebook.reproduce --gallery)", "data": "embedded tdam-shapes",
+    meta = {"made_by": "make gallery (python -m tdam.notebook.reproduce --gallery docs/gallery)", "data": "embedded tdam-shapes",
             "device": device_name(None), "torch": torch.__version__, "figures": index}
     (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
     return copied
@@ -166,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun notebooks that are already done")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs to the terminal")
     parser.add_argument("--gallery", metavar="FOLDER", help="also copy each notebook's first figure into FOLDER "
-                        "(profile 'embedded'; `make reproduce` writes the README's gallery, docs/gallery/)")
+                        "(profile 'embedded'; `make gallery` writes the README's gallery, docs/gallery/, which is "
+                        "tracked: `make reproduce` leaves it alone)")
     args = parser.parse_args(argv)
     if args.gallery and args.profile != "embedded":
         print("error: --gallery shows the embedded-data figures; use it with --profile embedded", file=sys.stderr)

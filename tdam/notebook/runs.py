@@ -6,13 +6,14 @@ Table 2 rows are trained from their params files by the same engine (:func:`abla
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tdam.evaluation.data import EvalRun, load_run, run_data_settings
+from tdam.models import trained_steps   # re-exported: tdam.notebook.trained_steps
 
 from .params import ATTENTION_CHOICES
 
@@ -69,16 +70,6 @@ def at_steps(model: torch.nn.Module, t: int | None) -> torch.nn.Module:
     for block in model.td_blocks():
         block.t = t
     return model
-
-
-def trained_steps(model_config: Mapping) -> int:
-    """The computation steps a model was trained with: its ``t`` (``create_model``'s default when unset); 1 without
-    TD."""
-    from tdam.models import TD_OPTION_DEFAULTS
-
-    if model_config.get("attention") != "td":
-        return 1
-    return int(model_config.get("t") or TD_OPTION_DEFAULTS["t"])
 
 
 def load_pair(p) -> tuple[EvalRun, EvalRun]:

@@ -2,112 +2,95 @@
 
 :func:`ensure_run` is the one cache-or-train mechanism, used by :func:`ensure_checkpoint` (the ImageNet models of
 notebooks 02-09), by :func:`train_or_reuse` (notebook 01) and by ``tdam.transfer.ensure_transfer_run`` (notebook
-07). Under an exclusive file lock on the run folder (``<run>/.lock``) it reuses a finished run, resumes an
-interrupted one (``last.pth``) or trains from scratch. Two processes (kernels, ``make`` targets) asking for the same
-run wait on that lock: the first trains, the others then find the finished run and reuse it. The lock is a different
-file from the trainer's own run-folder guard, which ``train`` takes without waiting, so the two never deadlock.
+07). Under the run's lock (:mod:`tdam.runs.lock`, waiting for its holder) it reuses a finished run, completes or
+resumes an unfinished one (``last.pth``), or trains from scratch. Two processes (kernels, ``make`` targets) asking
+for the same run wait on that lock: the first trains, the others then find the finished run and reuse it. The trainer
+takes the same lock, re-entrantly, and ``prune`` never removes a run while it is held.
 
-Every cached run is keyed by everything it depends on: the folder name carries a hash of it. The ImageNet run folder
-is ``runs/01_train_imagenet/<model tag>-<profile>-<hash>``, the hash covering every config value that changes what is
-learned, so notebook 01 with its default parameters and ``ensure_checkpoint()`` with its defaults name the same run:
-whichever runs first trains it, the other reuses it. The transfer runs add the digest of their backbone checkpoint
-(``tdam.transfer.run``), so a changed input makes a new entry next to the old one, never an error. A folder named
-explicitly (``name`` / ``output_dir``) that holds a run of a DIFFERENT configuration is an error, never silently
-reused. Old entries are listed and pruned with ``python -m tdam.cache``. Nothing binary is committed.
+Every cached run is named by its identity (:mod:`tdam.runs.identity`): the hash of everything that changes its
+weights, epochs included, so notebook 01 with its default parameters and ``ensure_checkpoint()`` with its defaults
+name the same run (whichever runs first trains it, the other reuses it), and a 3-epoch request never meets a 5-epoch
+run. The ImageNet run folder is ``runs/01_train_imagenet/<model tag>-<profile>-e<epochs>-<hash>``; a transfer run's
+identity adds its own settings and the digest of its backbone checkpoint (``key``), so a changed input makes a new
+entry next to the old one, never an error. A folder named explicitly (``name`` / ``output_dir``) that holds a run of
+another identity is an error, never silently reused. Runs are listed and pruned with ``python -m tdam.cache``.
 """
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from tdam.checkpoint import read_checkpoint
 from tdam.models import model_spec
+from tdam.runs import (BEST_FILE, INPUTS_FILE, LAST_FILE, RunLock, file_digest, plain_json, read_record, run_identity,
+                       run_state, write_json_atomic, write_record)
 from tdam.train.config import TrainConfig, load_config, semantic_config
 
 __all__ = ["ensure_checkpoint", "checkpoint_config", "find_checkpoint", "ensure_run", "train_or_reuse", "run_result",
-           "new_run_folder", "RUN_KEY_FILE", "INPUTS_FILE", "LOCK_FILE"]
-
-RUN_KEY_FILE = "run_key.json"   # a run's extra identity (ensure_run's ``key``), written before it trains
-INPUTS_FILE = "inputs.json"     # the upstream files a run was built from (path + SHA-256 prefix), for `tdam.cache`
-LOCK_FILE = ".lock"             # ensure_run's lock; its mtime is the run's last use (`tdam.cache list`)
+           "new_run_folder"]
 
 
-def _plain_json(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+def _identity(cfg: TrainConfig, key: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(identity, request) of the run of ``cfg`` (``key``: a transfer run's request, which includes cfg's own)."""
+    request = plain_json(key) if key is not None else semantic_config(cfg)
+    return run_identity(request), request
 
 
-def _check_same(run_dir: Path, want: Mapping[str, Any], have: Mapping[str, Any]) -> None:
-    want, have = _plain_json(want), _plain_json(have)
-    if want != have:
-        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise ValueError(f"{run_dir} holds a run of a different config (differs in {diff}); remove {run_dir} "
-                         f"or set another `name`")
+def _check_identity(run_dir: Path, identity: str) -> None:
+    """A folder holding a run of another identity (an explicit ``name``/``output_dir`` reused) is an error."""
+    try:
+        record = read_record(run_dir)
+    except ValueError as e:
+        raise ValueError(f"{e}; remove {run_dir} or set another `name`") from None
+    if record is not None and record["identity"] != identity:
+        raise ValueError(f"{run_dir} holds another run (identity {record['identity']}, this request's is {identity}): "
+                         f"remove {run_dir} or set another `name`")
 
 
 def find_checkpoint(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None) -> Path | None:
-    """``best.pth`` (else ``last.pth``) of the finished run of ``cfg``, or None when it was not trained to the end.
-
-    The config stored in ``last.pth`` must match ``cfg`` in every value that changes what is learned, and ``key``
-    (extra identity, e.g. a transfer run's own settings) the folder's ``run_key.json`` when there is one; a
-    difference raises ValueError naming the differing keys (a run is never silently reused)."""
+    """``best.pth`` (else ``last.pth``) of the finished run of ``cfg`` (``key``: see :func:`ensure_run`), or None
+    when it is not finished (interrupted, or trained to the end with outputs missing: :func:`ensure_run` completes
+    it). A folder holding another run raises ValueError (a run is never silently reused)."""
     run_dir = cfg.run_dir()
-    last = run_dir / "last.pth"
-    if not last.is_file():
+    if not (run_dir / LAST_FILE).is_file():
         return None
-    ck = read_checkpoint(last)
-    _check_same(run_dir, semantic_config(cfg, with_epochs=False),   # the length: extended by resuming (below)
-                semantic_config(ck.get("config", {}), with_epochs=False))
-    if key is not None and (stored := run_dir / RUN_KEY_FILE).is_file():
-        _check_same(run_dir, key, json.loads(stored.read_text()))
-    if int(ck.get("epoch", 0)) < cfg.epochs:
+    _check_identity(run_dir, _identity(cfg, key)[0])
+    if run_state(run_dir).state != "finished":
         return None
-    best = run_dir / "best.pth"
-    return best if best.is_file() else last
-
-
-@contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on ``<run_dir>/.lock`` (waits for the holder); opening it marks the run as used now."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    best = run_dir / BEST_FILE
+    return best if best.is_file() else run_dir / LAST_FILE
 
 
 def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
                train_fn: Callable[[TrainConfig], Any] | None = None,
                inputs: Mapping[str, str | Path] | None = None) -> Path:
-    """The checkpoint of the finished run of ``cfg``: reused when present, resumed when interrupted, else trained.
+    """The checkpoint of the finished run of ``cfg``: reused when finished, completed or resumed when not, else
+    trained.
 
-    ``key``: what identifies the run beyond ``cfg``'s own semantic config (the transfer runs: their WS-DAN / ASL
-    settings and the backbone checkpoint's digest), kept in ``run_key.json``. ``inputs``: upstream files by role
-    (e.g. ``{'backbone_checkpoint': path}``), recorded with their digests in ``inputs.json`` so ``python -m
-    tdam.cache`` can tell when they changed. ``train_fn(cfg)``: trains ``cfg`` and returns its ``RunResult``
-    (default ``tdam.train.train``). Everything from the look-up to the end of the training happens under the run's
-    lock. Raises KeyboardInterrupt when the training was interrupted (call again to resume)."""
+    ``key``: the run's request when it is more than ``cfg``'s semantic config (the transfer runs: their WS-DAN / ASL
+    settings and the backbone checkpoint's digest); its hash is the run's identity, recorded in ``run.json``.
+    ``inputs``: upstream files by role (e.g. ``{'backbone_checkpoint': path}``), recorded with their digests in
+    ``inputs.json`` so ``python -m tdam.cache`` can tell when they changed. ``train_fn(cfg)``: trains ``cfg`` and
+    returns its ``RunResult`` (default ``tdam.train.train``). Everything from the look-up to the end of the training
+    happens under the run's lock. Raises KeyboardInterrupt when the training was interrupted (call again to
+    resume)."""
     if train_fn is None:
-        from tdam.train.trainer import train as train_fn
+        from tdam.train.trainer import train as train_fn   # the trainer loads torch: only when a run is trained
 
     run_dir = cfg.run_dir()
-    with _run_lock(run_dir):
+    identity, request = _identity(cfg, key)
+    with RunLock(run_dir, wait=True, handoff=True):     # the training it starts works under this hold
         if (found := find_checkpoint(cfg, key=key)) is not None:
             return found
-        if key is not None:
-            (run_dir / RUN_KEY_FILE).write_text(json.dumps(_plain_json(key), indent=1, sort_keys=True))
+        if read_record(run_dir) is None:
+            write_record(run_dir, identity=identity, kind=run_dir.parent.name, request=request)
         if inputs:
-            from tdam.notebook.outputs import file_digest
-
-            record = {role: {"path": str(Path(p).resolve()), "sha256": file_digest(p)} for role, p in inputs.items()}
-            (run_dir / INPUTS_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
-        result = train_fn(cfg.replace(resume="auto"))     # continue an interrupted run of this config
+            write_json_atomic(run_dir / INPUTS_FILE, {role: {"path": str(Path(p).resolve()), "sha256": file_digest(p)}
+                                                      for role, p in inputs.items()})
+        result = train_fn(cfg.replace(resume="auto"))     # continue (or complete) an unfinished run of this config
         if result.interrupted:
             raise KeyboardInterrupt(f"training of {run_dir} was interrupted; call again to resume it")
         return result.checkpoint
@@ -168,13 +151,11 @@ def run_result(run_dir: str | Path):
     from tdam.train.trainer import RunResult
 
     run_dir = Path(run_dir)
-    ck = read_checkpoint(run_dir / "last.pth")
+    ck = read_checkpoint(run_dir / LAST_FILE)
     env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
     num_classes = env.get("num_classes") or (ck.get("model_config") or {}).get("num_classes")
-    summary = run_dir / "summary.json"
     return RunResult(run_dir=run_dir, history=list(ck["metrics"]["history"]), best=ck["metrics"]["best"],
-                     num_classes=int(num_classes), interrupted=int(ck.get("epoch", 0)) < int(ck["config"]["epochs"])
-                     or not summary.is_file(), env=env)
+                     num_classes=int(num_classes), interrupted=run_state(run_dir).state != "finished", env=env)
 
 
 def train_or_reuse(cfg: TrainConfig, *, gpus: int = 0, force: bool = False):
@@ -197,6 +178,6 @@ def train_or_reuse(cfg: TrainConfig, *, gpus: int = 0, force: bool = False):
     ensure_run(cfg, train_fn=train_fn)
     if trained:
         return trained[0]
-    print(f"reusing the finished run {cfg.run_dir()} (same parameters): nothing trained; force=True or a new "
-          f"`name` trains into a new folder", flush=True)
+    print(f"reusing the finished run {cfg.run_dir()} (the same {cfg.epochs} epoch(s) and every other value that "
+          f"changes the weights): nothing trained; force=True or a new `name` trains into a new folder", flush=True)
     return run_result(cfg.run_dir())

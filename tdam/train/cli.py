@@ -5,7 +5,7 @@ Examples::
     python -m tdam.train --config params/imagenet/resnet50_td_joint_t2_m1.yaml --data_dir /data/imagenet
     python -m tdam.train --config resnet18_td_joint_t2_m1 --profile smoke          # embedded data, CPU minute
     torchrun --standalone --nproc_per_node 4 -m tdam.train --config <yaml> --data_dir /data/imagenet
-    python -m tdam.train --config <yaml> --resume true                             # continue <run dir>/last.pth
+    python -m tdam.train --config <yaml> --resume true                             # continue the run (see below)
     python -m tdam.train --config <yaml> --print-config                            # show the resolved config
     python -m tdam.train --config resnet50_td_joint_t2_m1 --data_dir /data/imagenet --dry-run   # the recipe only
 
@@ -17,10 +17,19 @@ key by key with dotted keys, or as a YAML mapping merged into the file's::
     python -m tdam.train --config resnet50_td_joint_t2_m1 --model '{arch: resnet18, m: 2}'
     python -m tdam.train --config resnet18_se --model.attention plain
 
+A run's folder is named by everything that changes its weights, epochs included
+(``runs/01_train_imagenet/<model>-<profile>-e<epochs>-<hash>``). ``--resume true`` continues the run's own folder when
+it holds a checkpoint (an interrupted run); otherwise it continues the run that differs only in the schedule (epochs,
+lr, warm-up, ...) as a NEW run that names it as its parent (``...-e5-from3-<hash>``, the parent's state hard-linked
+in): ``--epochs 5 --resume true`` extends a finished 3-epoch run without changing it. A resume that would change the
+model or the data is refused naming each difference, and one that would train nothing says so
+(:mod:`tdam.train.lineage`). ``--resume <path>`` continues that checkpoint the same way.
+
 Before training it prints the resolved recipe (:func:`tdam.train.recipe.describe_recipe`: data, epochs, global
 batch, lr, updates, device, run folder; ``--dry-run`` prints only that); a finished run ends with the line
 ``done: best val top-1 <acc>% at epoch <n>; checkpoint <run dir>/best.pth``. A run that already finished with the
-same configuration is not trained again: the command says so and prints that line (exit 0). ``--help`` lists every config field
+same configuration is not trained again: the command says so and prints that line (exit 0). A run trained to the
+end whose outputs are missing (killed after its last save) gets them written, without training. ``--help`` lists every config field
 with its type, default and meaning, without loading torch.
 
 Errors end with one ``error:`` line naming the file, value or path, and an exit code (defined in
@@ -144,7 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tdam.data.errors import BadImageError
     from tdam import errors
+    from tdam.runs import run_state
+    from tdam.train.cache import run_result
     from tdam.train.config import load_config
+    from tdam.train.lineage import holds_request, resolve_run
     from tdam.train.recipe import describe_recipe, resolve_profile
     from tdam.train.trainer import train
 
@@ -159,16 +171,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return errors.EXIT_OK
+    run_dir = cfg.run_dir()
     try:
         if main_process or args.dry_run:
             print(describe_recipe(cfg, gpus=None), flush=True)
         if args.dry_run:
             return errors.EXIT_OK
-        if not cfg.resume and (done := _finished_run(cfg)) is not None:
+        resolved = resolve_run(cfg, create=False)              # the folder: a continued run's own (lineage)
+        run_dir = resolved.run_dir()
+        # None: no run, or another run in a named folder (the trainer refuses that one, naming the differences)
+        state = run_state(run_dir) if holds_request(run_dir, resolved) else None
+        if state is not None and state.state == "finished":
             if main_process:
-                print(f"{cfg.run_dir()} already holds this run, finished: nothing trained (--resume true with more "
-                      f"--epochs extends it; another --name trains anew)\n{done.done_line()}", flush=True)
+                print(f"{run_dir} already holds this run, finished: nothing trained (--resume true with more "
+                      f"--epochs extends it as a new run; another --name trains anew)\n"
+                      f"{run_result(run_dir).done_line()}", flush=True)
             return errors.EXIT_OK
+        if state is not None and state.state == "incomplete":
+            if main_process:
+                print(f"{run_dir} was trained to the end but lacks {', '.join(state.missing)}: writing them, nothing "
+                      f"trained", flush=True)
+            cfg = cfg.replace(resume=cfg.resume or True)
         result = train(cfg)
     except (ValueError, OSError, FloatingPointError, errors.RunLockedError, KeyboardInterrupt) as e:
         try:
@@ -179,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, BadImageError):
             msg += " (set skip_bad_images: true, or --skip_bad_images true, to skip and count unreadable images)"
         elif isinstance(e, KeyboardInterrupt):
-            msg = f"interrupted; {cfg.run_dir() / 'last.pth'} holds the last saved state (resume with --resume true)"
+            msg = f"interrupted; {run_dir / 'last.pth'} holds the last saved state (resume with --resume true)"
         print(f"error: {msg}", file=sys.stderr)
         return code
     if result.interrupted:
@@ -189,18 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if main_process:
         print(result.done_line(), flush=True)
     return errors.EXIT_OK
-
-
-def _finished_run(cfg):
-    """The :class:`~tdam.train.trainer.RunResult` of the finished run of exactly ``cfg`` in its folder, else None (a
-    folder holding another configuration is left to the trainer, which refuses it naming the difference)."""
-    from tdam.train.cache import find_checkpoint, run_result
-
-    try:
-        found = find_checkpoint(cfg)
-    except ValueError:
-        return None
-    return run_result(cfg.run_dir()) if found is not None else None
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ command-line values are read by one YAML loader (:func:`load_yaml`): a syntax er
 :class:`~tdam.errors.ConfigError` with the file (or flag), line and column; ``base:`` must be a path or a list
 of paths. Every float field must be a finite number.
 
-A run folder is named by the config's identity (:func:`identity_config`): everything that changes what is learned
-except the schedule length (``epochs``). A resume may change the :data:`SCHEDULE_FIELDS` (epochs, lr, warm-up, ...;
-:func:`config_changes`); any other change is refused.
+A run's identity is everything that changes its weights (:func:`semantic_config`, ``epochs`` included), hashed by
+:func:`tdam.runs.run_identity`; the run folder is named by it (:meth:`TrainConfig.run_name`), so a request for 3 epochs
+never meets a 5-epoch run. A run continues in its own folder only with the same config; a resume that changes a
+:data:`SCHEDULE_FIELDS` value (more epochs, another lr) makes a new run, derived from the one it continues
+(:mod:`tdam.train.lineage`); any other change is refused (:func:`config_changes`).
 
 The model is one mapping, ``model:``, holding exactly the keyword arguments of :func:`tdam.create_model` (``arch``,
 ``attention``, ``t``, ``m``, ``td_mode``, ``td_stages``, ``drop_path_rate``, ...). The trainer passes it unchanged
@@ -30,7 +32,6 @@ import them when they run), so reading the fields stays fast.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import re
@@ -41,10 +42,11 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from tdam.paths import params_dir, runs_dir
+from tdam.runs import IMAGENET_KIND, folder_name, run_identity
 from tdam.errors import ConfigError
 
 __all__ = ["TrainConfig", "load_config", "load_yaml", "load_yaml_with_base", "merge_config", "RUNS_SUBDIR",
-           "semantic_config", "identity_config", "config_changes", "SCHEDULE_FIELDS", "NON_SEMANTIC", "GROUPS",
+           "semantic_config", "config_changes", "SCHEDULE_FIELDS", "NON_SEMANTIC", "GROUPS",
            "TRAIN_ON", "model_tag"]
 
 DATASETS = ("imagenet", "imagenet_wds", "imagenet_parquet", "cub200", "stanford_dogs", "coco2014")
@@ -54,7 +56,7 @@ REMODES = ("pixel", "const", "rand")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 DATA_SIZES = ("default", "tiny")
 TRAIN_ON = ("last", "most_confident")   # which computation step's logits a TD model is trained on (engine)
-RUNS_SUBDIR = "01_train_imagenet"
+RUNS_SUBDIR = IMAGENET_KIND   # runs/<this>/<run name>: the ImageNet runs
 DEFAULT_MODEL = {"arch": "resnet18"}   # the model a config gets when no file names one (merged under any model: given)
 
 # Fields that do not change what is learned: ignored when deciding whether a cached run matches a request.
@@ -62,9 +64,9 @@ NON_SEMANTIC = frozenset({
     "name", "output_dir", "resume", "workers", "progress", "log_interval", "device", "compile",
     "checkpoint_every_steps", "profile", "deterministic", "tensorboard", "wandb",
 })
-# Fields of the schedule: they change what is learned, but a run may be resumed with new values (more epochs, another
-# lr). They are not part of the run folder's name, so ``--resume true --epochs 200`` finds the folder of the
-# 110-epoch run; a resume that changes them is reported in one line and recorded in ``config_history.jsonl``.
+# Fields of the schedule: they change what is learned, so they are part of a run's identity, but a resume may change
+# them: ``--resume true --epochs 200`` on a finished 110-epoch run makes a NEW 200-epoch run that continues it from
+# its last state and names it as its parent (tdam.train.lineage); the 110-epoch run is left as it is.
 SCHEDULE_FIELDS = frozenset({
     "epochs", "lr", "lr_base", "lr_base_size", "sched", "warmup_epochs", "warmup_lr", "min_lr", "steps_per_epoch",
     "val_batches",
@@ -101,7 +103,8 @@ class TrainConfig:
     is in its metadata (``help``), shown by ``python -m tdam.train --help``."""
 
     # --- run ---
-    name: str | None = _field("run", None, "run folder name; null: <model tag>-<profile>-<hash of the config>")
+    name: str | None = _field("run", None, "run folder name; null: <model tag>[-<train_on>]-<profile>-e<epochs>-<hash "
+                                           "of everything that changes the weights>")
     output_dir: str | None = _field("run", None, "the run folder; null: runs/01_train_imagenet/<name>")
     profile: str | None = _field("run", None, "the profile overlay applied (set by --profile; recorded for "
                                                  "provenance)")
@@ -258,11 +261,20 @@ class TrainConfig:
         """Short model name in the paper's vocabulary (:func:`model_tag` of ``model``)."""
         return model_tag(self.model)
 
+    def identity(self) -> str:
+        """The run's identity when trained from scratch: :func:`tdam.runs.run_identity` of :func:`semantic_config`."""
+        return run_identity(semantic_config(self))
+
+    def name_parts(self) -> list[str]:
+        """What tells this run from its neighbours at a glance, before the hash in its folder name: model tag,
+        ``train_on`` when it is not the authors' ``last``, profile, epochs (``e3``)."""
+        return [self.model_tag(), None if self.train_on == "last" else self.train_on, self.profile or "custom",
+                f"e{self.epochs}"]
+
     def run_name(self) -> str:
-        """``name`` if set, else ``<model tag>-<profile>-<hash of the semantic config>`` (stable across sessions)."""
-        if self.name:
-            return self.name
-        return f"{self.model_tag()}-{self.profile or 'custom'}-{config_hash(self)}"
+        """``name`` if set, else ``<model tag>[-<train_on>]-<profile>-e<epochs>-<identity>`` (stable across sessions
+        and machines), e.g. ``resnet18_td_joint_t2_m1-smoke-e3-1a2b3c4d``."""
+        return self.name or folder_name(self.name_parts(), self.identity())
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else runs_dir() / RUNS_SUBDIR / self.run_name()
@@ -306,14 +318,13 @@ def model_tag(model: Mapping[str, Any]) -> str:
     return tag
 
 
-def semantic_config(cfg: TrainConfig | Mapping[str, Any], *, with_epochs: bool = True) -> dict[str, Any]:
-    """The config without the fields that do not change what is learned (paths, workers, logging, ...).
-    ``with_epochs=False`` also leaves out the schedule length: a cached run of N epochs is the same run as a request
-    for M epochs, extended (M > N) by resuming it."""
+def semantic_config(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The config without the fields that do not change what is learned (paths, workers, logging, ...): a run's
+    request, the input of its identity. ``epochs`` is in it: a 5-epoch run is not the 3-epoch one."""
     d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
     if isinstance(d.get("model"), Mapping):
         d["model"] = _built_model(d["model"])
-    return {k: v for k, v in sorted(d.items()) if k not in NON_SEMANTIC and (with_epochs or k != "epochs")}
+    return {k: v for k, v in sorted(d.items()) if k not in NON_SEMANTIC}
 
 
 def _built_model(model: Mapping[str, Any]) -> dict[str, Any]:
@@ -326,24 +337,11 @@ def _built_model(model: Mapping[str, Any]) -> dict[str, Any]:
     return {**TD_OPTION_DEFAULTS, **{k: v for k, v in model.items() if v is not None}}
 
 
-def identity_config(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """What names a run folder: the semantic config without the schedule LENGTH (``epochs``), so ``--resume true``
-    with more epochs continues the same folder, while any other change (another lr, warm-up, ``val_batches``, seed,
-    model, data) names a new run: a cache request never collides with a run it does not match. (A resume into a
-    named folder, ``name``/``output_dir``, may still change the other :data:`SCHEDULE_FIELDS`.)"""
-    return semantic_config(cfg, with_epochs=False)
-
-
-def config_hash(cfg: TrainConfig | Mapping[str, Any]) -> str:
-    blob = json.dumps(identity_config(cfg), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:8]
-
-
 def config_changes(stored: Mapping[str, Any], new: TrainConfig | Mapping[str, Any]
                    ) -> tuple[dict[str, tuple[Any, Any]], dict[str, tuple[Any, Any]]]:
     """``(refused, schedule)``: the fields that differ between a checkpoint's stored config and ``new``, as
     ``{field: (stored, new)}`` (model keys as ``model.<key>``). ``schedule`` holds the :data:`SCHEDULE_FIELDS` (a
-    resume may change them); ``refused`` every other field that changes what is learned (the model, the data, the
+    resume may change them, as a new run: :mod:`tdam.train.lineage`); ``refused`` every other field that changes what is learned (the model, the data, the
     optimizer, augmentation, seed). A field missing from an older stored config counts as its default, and so does
     a TD option the model leaves unset (``t: 2`` written out or not is one model)."""
     new_d = new.to_dict() if isinstance(new, TrainConfig) else dict(new)

@@ -7,12 +7,14 @@ With ``gpus > 1`` the resolved config is written to ``<run dir>/request.yaml`` a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import deque
 
 import yaml
 
+from tdam.runs.lock import inherit_env
 from tdam.train.config import TrainConfig
 from tdam.validation import check_int
 from tdam.train.plots import read_metrics
@@ -48,8 +50,9 @@ def run_training(cfg: TrainConfig, gpus: int = 0) -> RunResult:
     request = run_dir / "request.yaml"
     request.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tail: deque[str] = deque(maxlen=40)
+    env = {**os.environ, **inherit_env(run_dir)}      # the job works under the run lock this process may hold
     with subprocess.Popen(torchrun_command(str(request), gpus), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, bufsize=1) as proc:
+                          text=True, bufsize=1, env=env) as proc:
         for line in proc.stdout:                    # follow the job's log
             tail.append(line)
             print(line, end="", flush=True)

@@ -7,8 +7,9 @@
 ``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
 finished, and ``tb/`` (live TensorBoard curves, :mod:`tdam.train.tensorboard`).
 
-Run folder: one live run per folder (``.run.lock``, :mod:`tdam.train.runlock`; a second start is refused naming the
-first one's PID and host). Before anything is written, the data's class count is checked against the model's
+Run folder (:mod:`tdam.runs`): one live run per folder (its one lock, ``.lock``, :mod:`tdam.runs.lock`; a second
+start is refused naming the first one's PID and host); ``run.json`` records the run's identity and, for a run that
+continues another (:mod:`tdam.train.lineage`), its parent. Before anything is written, the data's class count is checked against the model's
 ``num_classes``, temporary files of an interrupted checkpoint write are removed and a resume checkpoint's config is
 compared with the new one: a change of the model or the data is refused
 (:class:`~tdam.errors.ResumeMismatchError` listing the differences), schedule changes (epochs, lr, warm-up, ...)
@@ -50,9 +51,11 @@ import yaml
 
 import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
-from tdam.train.config import TrainConfig, config_changes, describe_changes
+from tdam.runs import (BEST_FILE, LAST_FILE, RunLock, link_file, read_record, write_json_atomic, write_record,
+                       write_text_atomic)
+from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 from tdam.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
-from tdam.train.runlock import RunLock
+from tdam.train.lineage import resolve_run
 from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
@@ -148,23 +151,11 @@ def train(cfg: TrainConfig, *, task: Task | None = None, datasets: tuple[Any, An
     dist_info = init_distributed(cfg.device)
     started_group = dist_info.enabled
     try:
+        cfg = resolve_run(cfg, create=dist_info.is_main)      # which folder; a resume's parent (tdam.train.lineage)
         return _Run(cfg, dist_info, task, datasets, stop_at_step).run()
     finally:
         if started_group:
             cleanup()
-
-
-def _atomic_link(src: Path, dst: Path, ckpt: dict[str, Any]) -> None:
-    """``dst`` becomes the same file as ``src`` (a hard link swapped in atomically: no second write). save_checkpoint
-    always replaces ``last.pth`` by a new file, so the link keeps this version. Without hard links: write it again."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
-    try:
-        tmp.unlink(missing_ok=True)
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        save_checkpoint(ckpt, dst)
 
 
 def duration(seconds: float) -> str:
@@ -225,8 +216,9 @@ class _Run:
         self.best: dict[str, Any] | None = None
         self.stop = _StopFlag()
         self.resumed_from: Path | None = None
-        self.lock: RunLock | None = None                # rank 0: the run folder's lock (tdam.train.runlock)
+        self.lock: RunLock | None = None                # rank 0: the run folder's lock (tdam.runs.lock)
         self.created_dir = False                        # rank 0 created the run folder in this call
+        self.record: dict[str, Any] | None = None       # the run record (run.json): identity, parent
         self.resume_ck: tuple[Path, dict[str, Any]] | None = None
         self.schedule_changes: dict[str, tuple[Any, Any]] = {}
         self.removed_temps: Any = None
@@ -316,7 +308,7 @@ class _Run:
         if d.is_main:
             self.write_config()
             with writing(self.run_dir / "env.json"):
-                (self.run_dir / "env.json").write_text(json.dumps(self.env, indent=2, default=str))
+                write_json_atomic(self.run_dir / "env.json", self.env)
 
     # --------------------------------------------------------------------------- run folder: lock, resume check
     def check_class_count(self, train_set: Any) -> int:
@@ -338,14 +330,19 @@ class _Run:
         that a killed run left behind, and read and compare the resume checkpoint - all before anything is
         written."""
         self.created_dir = not self.run_dir.is_dir()
-        self.lock = RunLock(self.run_dir).acquire()
+        self.lock = RunLock(self.run_dir, wait=False).acquire()
         self.removed_temps = remove_stale_temps(self.run_dir)
+        self.record = read_record(self.run_dir)
         if self.cfg.resume:
             self.resume_ck = self.read_resume()
-        elif (self.run_dir / "last.pth").is_file():    # never overwrite a run's checkpoints by a fresh start
-            raise ConfigError(f"{self.run_dir} already holds a run ({self.run_dir / 'last.pth'}); continue it with "
+        elif (self.run_dir / LAST_FILE).is_file():     # never overwrite a run's checkpoints by a fresh start
+            raise ConfigError(f"{self.run_dir} already holds a run ({self.run_dir / LAST_FILE}); continue it with "
                               f"resume: true (--resume true), or remove the folder or set another `name`/`output_dir` "
                               f"to start over")
+        if self.record is None:                         # a run from scratch (a continued one was recorded by lineage)
+            self.record = {"identity": self.cfg.identity()}
+            write_record(self.run_dir, identity=self.cfg.identity(), kind=self.run_dir.parent.name,
+                         request=semantic_config(self.cfg))
 
     def report_run_dir(self) -> None:
         """Rank 0: log what :meth:`open_run_dir` found (a stale lock taken over, temporary files removed, schedule
@@ -363,21 +360,24 @@ class _Run:
         (or anything else learned, other than the schedule) are refused with the difference; schedule changes
         (more epochs, another lr) are accepted and reported."""
         cfg = self.cfg
-        path = self.run_dir / "last.pth" if cfg.resume in (True, "auto") else Path(str(cfg.resume))
-        if cfg.resume == "auto" and not path.is_file():
-            return None                                 # first start of a (re)queued job: train from scratch
+        path = self.run_dir / LAST_FILE                 # resolve_run made a checkpoint to continue this folder's own
         if not path.is_file():
-            raise FileNotFoundError(f"resume: no checkpoint at {path} (a run writes <run dir>/last.pth; pass "
-                                    f"resume: <path> to continue from another file)")
+            if cfg.resume == "auto":
+                return None                             # first start of a (re)queued job: train from scratch
+            raise FileNotFoundError(f"resume: no checkpoint at {path} (tdam.train.lineage.resolve_run names it)")
         ck = read_checkpoint(path)
         missing = [k for k in ("model", "optimizer", "epoch", "step", "rng", "config") if k not in ck]
         if missing:
             raise ValueError(f"resume: {path} is not a resumable tdam training checkpoint (missing {missing})")
         refused, self.schedule_changes = config_changes(ck["config"], cfg)
+        parent = (self.record or {}).get("parent") or {}
+        from_parent = (int(ck["epoch"]), int(ck["step"])) == (parent.get("epoch"), parent.get("step"))
+        if self.schedule_changes and not from_parent:   # a changed schedule is a new run (tdam.train.lineage)
+            refused.update(self.schedule_changes)
         if refused:
-            raise ResumeMismatchError(f"resume: {path} was trained with another config; these fields would change "
-                                      f"the model or the data: {describe_changes(refused)} (start a new run: "
-                                      f"another `name`/`output_dir`, or resume: false)")
+            raise ResumeMismatchError(f"resume: {path} was trained with another config; these fields differ: "
+                                      f"{describe_changes(refused)} (a changed schedule continues as a new run: "
+                                      f"leave name/output_dir unset; another model or data: leave out --resume)")
         return path, ck
 
     def write_config(self) -> None:
@@ -392,7 +392,7 @@ class _Run:
         else:
             entry.update(event="start", config=cfg.to_dict())
         with writing(self.run_dir / "config.yaml"):
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         with writing(self.run_dir / "config_history.jsonl"), open(self.run_dir / "config_history.jsonl", "a") as f:
             f.write(json.dumps(entry, default=str) + "\n")
 
@@ -436,9 +436,9 @@ class _Run:
     def save(self, *, best: bool = False) -> None:
         ckpt = self.checkpoint()                        # collective under DDP: every rank takes part
         if self.dist.is_main:
-            last = save_checkpoint(ckpt, self.run_dir / "last.pth")
+            last = save_checkpoint(ckpt, self.run_dir / LAST_FILE)
             if best:
-                _atomic_link(last, self.run_dir / "best.pth", ckpt)
+                link_file(last, self.run_dir / BEST_FILE)
         barrier()
 
     def restore(self) -> None:
@@ -470,6 +470,7 @@ class _Run:
         s.meter = EpochMeter(**ck.get("epoch_meter", {}))
         self.history = list(ck["metrics"]["history"])
         self.best = ck["metrics"]["best"]
+        self.link_best_if_missing(path)
         rngs = ck["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
@@ -540,7 +541,8 @@ class _Run:
             self.log(f"run {self.run_dir} | {cfg.model_tag()} | {self.num_classes} classes | device "
                      f"{self.env['device']} x{self.dist.world_size} | {self.env['amp']} | lr {self.lr:.4g} | "
                      f"global batch {self.env['global_batch']} | {self.updates_per_epoch} updates/epoch"
-                     + (f" | resumed at epoch {s.epoch + 1} update {s.epoch_step}" if self.resumed_from else ""))
+                     + ("" if not self.resumed_from else f" | resumed at epoch {s.epoch + 1} update {s.epoch_step}"
+                        if s.epoch < cfg.epochs else f" | all {cfg.epochs} epochs trained: writing the outputs only"))
             self.t_start, self.start_step = time.perf_counter(), s.step
             epochs_done_here = 0
             while s.epoch < cfg.epochs:
@@ -577,15 +579,31 @@ class _Run:
                              f"resumable checkpoint: {self.run_dir / 'last.pth'}")
                     return self.result(interrupted=True)
             if self.dist.is_main:
-                if (best := self.run_dir / "best.pth").is_file():      # weights-only file for sharing
-                    export_safetensors(read_checkpoint(best), self.run_dir / "best.safetensors",
-                                       metadata={"run": self.run_dir.name, "best": self.best})
-                summary = {"run_dir": str(self.run_dir), "final": self.history[-1] if self.history else None,
-                           "best": self.best, "num_classes": self.num_classes, "chance_top1": 100 / self.num_classes,
-                           "config": cfg.to_dict(), "env": self.env}
-                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-                self.plot()
+                self.write_outputs()
             return self.result(interrupted=False)
+
+    def link_best_if_missing(self, last: Path) -> None:
+        """Rank 0: ``best.pth`` from ``last`` when the best epoch is the one ``last`` holds and the link is missing (a
+        run killed between saving ``last.pth`` and linking it as the best)."""
+        if (self.dist.is_main and self.best is not None and self.best.get("epoch") == self.state.epoch
+                and not (self.run_dir / BEST_FILE).is_file()):
+            link_file(last, self.run_dir / BEST_FILE)
+
+    def write_outputs(self) -> None:
+        """Rank 0, at the end of a run (also of one trained to the end whose outputs were missing): the best weights
+        as safetensors, ``summary.json`` (written last and atomically: a run with a summary has every other output),
+        the curves."""
+        if (best := self.run_dir / BEST_FILE).is_file():              # weights-only file for sharing
+            export_safetensors(read_checkpoint(best), self.run_dir / "best.safetensors",
+                               metadata={"run": self.run_dir.name, "best": self.best})
+        self.plot()
+        summary = {"run_dir": str(self.run_dir), "identity": (self.record or {}).get("identity"),
+                   "parent": (self.record or {}).get("parent"),
+                   "final": self.history[-1] if self.history else None, "best": self.best,
+                   "num_classes": self.num_classes, "chance_top1": 100 / self.num_classes,
+                   "config": self.cfg.to_dict(), "env": self.env}
+        with writing(self.run_dir / "summary.json"):
+            write_json_atomic(self.run_dir / "summary.json", summary)
 
     def finish_epoch(self) -> dict[str, Any]:
         s, d = self.state, self.dist

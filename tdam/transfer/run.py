@@ -5,27 +5,27 @@ plus the transfer keys of :class:`TransferConfig` (which framework, which datase
 the WS-DAN / ASL hyper-parameters). The backbone's model description (the trainer's ``model:``) is the checkpoint's
 own ``model_config`` (without its ImageNet ``num_classes``), so run names and logs name the backbone.
 :func:`run_transfer` trains through ``tdam.train.train`` (same checkpointing,
-resume, AMP and DDP as the ImageNet runs) into ``runs/07_transfer/<name>-<key hash>``: the hash covers
-:func:`transfer_key` (the trainer's semantic config, the transfer settings and the backbone checkpoint's SHA-256), so
-a retrained backbone or any changed setting makes a new cached run beside the old one instead of an error. An
-explicit ``output_dir`` is used as given.
+resume, AMP and DDP as the ImageNet runs) into ``runs/07_transfer/<name>-e<epochs>-<identity>``: the identity is
+:func:`tdam.runs.run_identity` of :func:`transfer_key` (the trainer's semantic config, the transfer settings and the
+backbone checkpoint's SHA-256), the one hash every run is named by, so a retrained backbone or any changed setting
+makes a new cached run beside the old one instead of an error. An explicit ``output_dir`` is used as given.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from tdam.data import TASK_DATASETS
 from tdam.paths import params_dir, repo_root, runs_dir
+from tdam.runs import TRANSFER_KIND, file_digest, folder_name, run_identity
 from tdam.validation import check_bool, check_choice, check_int, check_number
 
 __all__ = ["TransferConfig", "load_transfer_config", "transfer_data_root", "build_transfer_datasets",
-           "build_task", "run_transfer", "transfer_key", "transfer_run_name", "RUNS_SUBDIR", "TASK_DATASETS"]
+           "build_task", "run_transfer", "transfer_key", "transfer_run_name", "RUNS_SUBDIR"]
 
-RUNS_SUBDIR = "07_transfer"
-TASK_DATASETS = {"wsdan": ("cub200", "stanford_dogs"), "asl": ("coco2014",)}
+RUNS_SUBDIR = TRANSFER_KIND
 
 
 @dataclass
@@ -156,17 +156,16 @@ def transfer_key(tcfg: TransferConfig) -> dict[str, Any]:
                                                                                "backbone_checkpoint")}
     d.update({f"train.{k}": v for k, v in semantic_config(tcfg.train).items() if k != "data_size"})
     if tcfg.backbone_checkpoint:
-        from tdam.notebook.outputs import file_digest
-
         d["backbone_sha256"] = file_digest(tcfg.backbone_checkpoint)
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
 def transfer_run_name(tcfg: TransferConfig) -> str:
-    """``<name>-<hash>`` (``name`` default ``<task>_<dataset>``), the hash being 8 hex digits of
-    :func:`transfer_key`: one folder per distinct input, e.g. per backbone checkpoint."""
-    blob = json.dumps(transfer_key(tcfg), sort_keys=True, default=str)
-    return f"{tcfg.train.name or f'{tcfg.task}_{tcfg.dataset}'}-{hashlib.sha1(blob.encode()).hexdigest()[:8]}"
+    """``<name>-e<epochs>-<identity>`` (``name`` default ``<task>_<dataset>``), the identity being
+    :func:`tdam.runs.run_identity` of :func:`transfer_key`: one folder per distinct input, e.g. per backbone
+    checkpoint."""
+    return folder_name([tcfg.train.name or f"{tcfg.task}_{tcfg.dataset}", f"e{tcfg.train.epochs}"],
+                       run_identity(transfer_key(tcfg)))
 
 
 def _backbone_model(checkpoint: str) -> dict[str, Any]:
