@@ -53,7 +53,7 @@ from tdam.validation import check_choice
 from .base import BadSample, ImageDataset
 from .boxes import Geometry, eval_geometry, map_boxes
 from .coco import COCO2014Dataset
-from .errors import BadImageError, DatasetLayoutError
+from .errors import BadImageError, BadRecordError, DatasetLayoutError
 from .finegrained import CUB200Dataset, StanfordDogsDataset
 from .imagenet import IMAGENET_V2_VARIANTS, ImageNetDataset, ImageNetV2Dataset
 from .loader import CountingDataLoader, collate_drop_bad
@@ -65,7 +65,7 @@ from .wds import ImageNetWdsDataset, set_shard_epoch, shard_loader
 __all__ = [
     "dataset_root", "shapes_root", "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS",
     "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
-    "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
+    "BadSample", "BadRecordError", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
     "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "ImageNetWdsDataset",
     "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS",
 ]
