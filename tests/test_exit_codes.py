@@ -253,6 +253,24 @@ def test_parquet_labels_are_checked_at_open_before_any_image_is_read(converted, 
         build_dataset("imagenet_parquet", root, "train")
 
 
+@pytest.mark.parametrize("label,bad", [(11, False), (12, True), (-1, True)])
+def test_label_range_is_zero_to_class_count_minus_one(converted, tmp_path, label, bad):
+    wds = _copy(converted, "imagenet_wds", tmp_path / "w")
+    _rewrite_members(wds, lambda name, data: str(label).encode() if name.endswith(".cls") else data)
+    parquet = _copy(converted, "imagenet_parquet", tmp_path / "p")
+    f, t = _parquet_file(parquet)
+    pq.write_table(t.set_column(t.column_names.index("label"), "label", pa.array([label] * t.num_rows, pa.int64())),
+                   f)
+    if not bad:
+        assert {y for _, y in build_dataset("imagenet_wds", wds, "train", training=False)} == {label}
+        assert build_dataset("imagenet_parquet", parquet, "train").samples[0][1] == label
+        return
+    with pytest.raises(BadRecordError, match=rf"label {label} is outside the 12 classes"):
+        next(iter(build_dataset("imagenet_wds", wds, "train", training=False)))
+    with pytest.raises(BadRecordError, match=rf"{f} row 0: label {label} is outside the 12 classes"):
+        build_dataset("imagenet_parquet", parquet, "train")
+
+
 def test_one_shard_for_two_workers_is_refused_before_training(converted, tmp_path, capsys):
     root = _copy(converted, "imagenet_wds", tmp_path / "w")
     _edit_info(root, lambda s: s.update(filenames=s["filenames"][:1], shard_lengths=s["shard_lengths"][:1],
@@ -397,9 +415,23 @@ def test_torchrun_two_processes_print_the_recipe_once():
                         "-m", "tdam.train", *TINY, "--dry-run"], capture_output=True, text=True, timeout=600,
                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
-    single = _python("-m", "tdam.train", *TINY, "--dry-run")
-    first = single.stdout.splitlines()[0]
-    assert r.stdout.count(first) == 1 and r.stdout.strip() == single.stdout.strip(), r.stdout
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    assert [ln.split(":")[0] for ln in lines if ln.startswith("model:")] == ["model"], r.stdout
+    assert len(lines) == len(set(lines)) and re.search(r"device: +cpu x 2", r.stdout), r.stdout
+
+
+@pytest.mark.drill
+def test_torchrun_two_gloo_processes_train_and_rank_0_alone_reports(tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "tdam.train", *TINY, "--workers", "0", "--val_batches", "1", "--output_dir", str(run)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert out.count("device:      cpu x 2") == 1 and out.count("epoch 1/2 train_loss") == 1, out
+    assert out.count("epoch 2/2 train_loss") == 1 and out.count("done: best val top-1") == 1, out
+    assert "Traceback" not in r.stderr
 
 
 # ------------------------------------------------------------------------------------------------ the README
