@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tdam.errors import ConfigError
 from tdam.validation import check_choice
 
 from . import render as R
@@ -546,7 +547,7 @@ def _add_formats(root: Path, size: str, formats: tuple[str, ...]) -> None:
     try:
         convert_imagenet(root / "imagenet", root, formats=missing, shard_size=shard, rows_per_file=rows,
                          row_group_size=group)
-    except OSError:
+    except (OSError, ConfigError):          # the output exists, or appeared while this process converted
         if not all((root / folder[f]).is_dir() for f in missing):  # else a concurrent process finished first
             raise
 
