@@ -169,8 +169,9 @@ class _TrainCommand:
         msg = errors.one_line(e) or type(e).__name__
         if isinstance(e, BadImageError):
             msg += " (set skip_bad_images: true, or --skip_bad_images true, to skip and count unreadable images)"
-        elif isinstance(e, KeyboardInterrupt) and self.cfg is not None:
-            msg = (f"interrupted; {self.cfg.run_dir() / 'last.pth'} holds the last saved state (resume with "
+        elif isinstance(e, KeyboardInterrupt):
+            msg = ("interrupted before the run started" if self.cfg is None else
+                   f"interrupted; {self.cfg.run_dir() / 'last.pth'} holds the last saved state (resume with "
                    f"--resume true)")
         return f"[rank {self.rank}] {msg}" if self.rank else msg
 
