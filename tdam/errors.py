@@ -45,7 +45,8 @@ from typing import Callable, Iterator, Sequence
 __all__ = [
     "EXIT_OK", "EXIT_NONFINITE", "EXIT_CONFIG", "EXIT_DATA", "EXIT_IO", "EXIT_INTERRUPTED", "EXIT_BUSY",
     "EXIT_INTERNAL", "EXIT_CODES", "NonFiniteLossError", "ConfigError", "ResumeMismatchError", "ClassCountError",
-    "RunLockedError", "RunWriteError", "MissingDependencyError", "IO_ERRNOS", "exit_code", "one_line", "writing", "run_command",
+    "RunLockedError", "RunWriteError", "MissingDependencyError", "IO_ERRNOS", "exit_code", "one_line", "writing",
+    "run_command",
 ]
 
 EXIT_OK = 0

@@ -124,7 +124,7 @@ class _Raises(Dataset):
 
 
 @pytest.mark.parametrize("exc,expected", [
-    (BadRecordError("/d/train-0.tar:k1: sample without a .cls label"), "/d/train-0.tar:k1: sample without a .cls label"),
+    (BadRecordError("/d/train-0.tar:k1: no .cls label"), "/d/train-0.tar:k1: no .cls label"),
     (ValueError("/d: 1 training shard(s)\ncannot feed 2"), "/d: 1 training shard(s)\ncannot feed 2"),
     (KeyError("cls"), "cls"),
 ])
@@ -300,7 +300,8 @@ def test_a_file_where_the_run_folder_needs_a_folder_is_exit_4(tmp_path, capsys):
     (out / "tb").write_text("a file, not TensorBoard's folder")
     rc = train_main([*TINY, "--output_dir", str(out)])
     line = _error_line(capsys.readouterr().err)
-    assert rc == EXIT_IO and line == f"error: cannot write {out / 'tb'}: File exists (a file stands where a folder is needed)"
+    assert rc == EXIT_IO
+    assert line == f"error: cannot write {out / 'tb'}: File exists (a file stands where a folder is needed)"
 
 
 # ------------------------------------------------------------------------------------------------ converter

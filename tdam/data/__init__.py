@@ -65,9 +65,9 @@ from .wds import ImageNetWdsDataset, set_shard_epoch, shard_loader
 __all__ = [
     "dataset_root", "shapes_root", "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS",
     "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
-    "BadSample", "BadRecordError", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
-    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "ImageNetWdsDataset",
-    "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS",
+    "BadSample", "BadRecordError", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset",
+    "StanfordDogsDataset", "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS",
+    "ImageNetWdsDataset", "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS",
 ]
 
 DATASETS: dict[str, type] = {

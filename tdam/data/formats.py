@@ -19,4 +19,5 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingDependencyError(f"{module} is needed for ImageNet shards / parquet files: pip install 'tdam[shards]'") from e
+        raise MissingDependencyError(f"{module} is needed for ImageNet shards / parquet files: "
+                                     f"pip install 'tdam[shards]'") from e
