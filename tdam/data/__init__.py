@@ -67,7 +67,8 @@ __all__ = [
     "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
     "BadSample", "BadRecordError", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset",
     "StanfordDogsDataset", "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS",
-    "ImageNetWdsDataset", "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS",
+    "ImageNetWdsDataset", "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch",
+    "SHARD_FORMATS",
 ]
 
 DATASETS: dict[str, type] = {
