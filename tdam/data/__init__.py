@@ -35,7 +35,9 @@ Errors
     and ValueError) naming the path and printing the expected layout. An undecodable image raises
     :class:`BadImageError` (an OSError) naming the file; with ``on_bad_image='skip'`` the dataset returns a falsy
     :class:`BadSample` instead; a :class:`CountingDataLoader` with ``collate_fn=collate_drop_bad`` drops it, counts
-    it in ``loader.bad_images`` for the epoch and logs a warning at the epoch's end.
+    it in ``loader.bad_images`` for the epoch and logs a warning at the epoch's end. A damaged shard or parquet
+    file, a sample without a label or a label outside the class range raises :class:`BadRecordError` (a
+    ValueError) naming the file and the sample or row.
 Boxes through the eval geometry
     ``map_boxes(boxes, orig_size, resize, crop)``, ``eval_geometry(img_size, crop_pct=..., preset=...)``.
 Transforms
