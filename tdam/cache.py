@@ -7,7 +7,8 @@
 
 A run in use (a training, a notebook's request: its ``.lock`` held) is shown as such and never removed. The states
 (finished, incomplete, interrupted, empty, damaged) are computed from the run's files (:mod:`tdam.runs.state`).
-Exit codes: 0 done, 2 a wrong option or ``--root`` (one ``error:`` line).
+Exit codes (:mod:`tdam.errors`): 0 done, 2 a wrong option or ``--root``, 4 a run that cannot be removed (no
+permission), 70 a bug (one ``error:`` line each).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import argparse
 import sys
 import time
 
+from tdam.errors import run_command
 from tdam.runs.catalog import AGE_UNITS, entries, parse_age, prune
 
 __all__ = ["main"]
@@ -48,24 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)          # a wrong option: argparse's one-line usage error, exit 2
+def _main(argv: list[str] | None) -> int:
+    args = _parser().parse_args(argv)      # a wrong option: argparse's one-line usage error, exit 2
     now = time.time()
-    try:
-        if args.command == "list":
-            rows = entries(args.root)
-            if rows:
-                print(f"{'kind':<17} {'state':<11} {'epochs':>7}  {'profile':<7} {'train_on':<14} {'size':>11}  "
-                      f"{'last use':<13} {'inputs':<17} run")
-            for e in rows:
-                print(_line(e, now))
-            print(f"{len(rows)} run(s), {sum(e.size_mb for e in rows):.1f} MB")
-            return 0
-        removed, busy = prune(older_than=args.older_than, unused=args.unused, root=args.root,
-                              dry_run=args.dry_run, now=now)
-    except ValueError as e:
-        parser.exit(2, f"error: {e}\n")
+    if args.command == "list":
+        rows = entries(args.root)
+        if rows:
+            print(f"{'kind':<17} {'state':<11} {'epochs':>7}  {'profile':<7} {'train_on':<14} {'size':>11}  "
+                  f"{'last use':<13} {'inputs':<17} run")
+        for e in rows:
+            print(_line(e, now))
+        print(f"{len(rows)} run(s), {sum(e.size_mb for e in rows):.1f} MB")
+        return 0
+    removed, busy = prune(older_than=args.older_than, unused=args.unused, root=args.root, dry_run=args.dry_run,
+                          now=now)
     for e in removed:
         print(f"{'would remove' if args.dry_run else 'removed'} {e.path} ({e.size_mb:.1f} MB)")
     for e in busy:
@@ -73,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(removed)} run(s) {'would be ' if args.dry_run else ''}removed"
           + (f", {len(busy)} in use kept" if busy else ""))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tdam.cache``; returns the exit code."""
+    return run_command(_main, argv, prog="python -m tdam.cache")
 
 
 if __name__ == "__main__":

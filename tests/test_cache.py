@@ -191,8 +191,8 @@ def test_cache_command_lists_and_prunes_by_age(tmp_path, capsys):
     assert "would remove" in capsys.readouterr().out and old.is_dir()
     assert main(["--root", str(tmp_path), "prune", "--older-than", "7d"]) == 0
     assert not old.exists() and new.is_dir() and (tmp_path / "data" / "shapes-tiny-s0").is_dir()
-    with pytest.raises(SystemExit):
-        main(["--root", str(tmp_path), "prune"])                     # nothing is removed by default
+    assert main(["--root", str(tmp_path), "prune"]) == 2             # nothing is removed by default
+    assert "give --older-than AGE and/or --unused" in capsys.readouterr().err
 
 
 def test_prune_skips_an_entry_in_use(tmp_path):

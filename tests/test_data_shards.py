@@ -20,6 +20,7 @@ from tdam.data import (BadImageError, BadSample, CountingDataLoader, DatasetLayo
                        build_transform, collate_drop_bad, convert_imagenet, make_shapes_dataset, set_shard_epoch,
                        shapes_root, shard_loader)
 from tdam.data.convert import main as convert_main  # noqa: E402
+from tdam.errors import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,9 @@ def test_wds_training_equal_quota_per_rank_and_epoch_boundary_resume(shapes):
 
 def test_wds_training_needs_a_shard_per_worker(shapes):
     ds = build_dataset("imagenet_wds", shapes_root(shapes, "imagenet_wds"), "train", rank=0, world_size=4)
-    ds.set_loader_cfg(4)  # 16 global workers, 12 shards
+    with pytest.raises(ValueError, match="12 training shard.* cannot feed 4 rank.* x 4 loader worker"):
+        ds.set_loader_cfg(4)  # 16 global workers, 12 shards: refused before any worker starts
+    ds.reader.set_loader_cfg(num_workers=4)   # a loader that skipped set_loader_cfg: refused by the reader itself
     with pytest.raises(ValueError, match="cannot feed"):
         next(iter(DataLoader(ds, batch_size=None, num_workers=0)))
 
@@ -172,7 +175,7 @@ def test_converter_cli_is_deterministic_and_refuses_to_overwrite(shapes, tmp_pat
     import pyarrow.parquet as pq
     t = pq.read_table(tmp_path / "a/imagenet_parquet/data/validation-00000-of-00001.parquet")
     assert t.column_names[:2] == ["image", "label"] and t.schema.field("image").type.names == ["bytes", "path"]
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ConfigError, match=r"imagenet_wds exists .*nothing to convert"):
         convert_imagenet(src, tmp_path / "a", formats=("wds",), splits=("val",))
     with pytest.raises(ValueError, match="format"):
         convert_imagenet(src, tmp_path / "c", formats=("zip",))

@@ -35,7 +35,9 @@ Errors
     and ValueError) naming the path and printing the expected layout. An undecodable image raises
     :class:`BadImageError` (an OSError) naming the file; with ``on_bad_image='skip'`` the dataset returns a falsy
     :class:`BadSample` instead; a :class:`CountingDataLoader` with ``collate_fn=collate_drop_bad`` drops it, counts
-    it in ``loader.bad_images`` for the epoch and logs a warning at the epoch's end.
+    it in ``loader.bad_images`` for the epoch and logs a warning at the epoch's end. A damaged shard or parquet
+    file, a sample without a label or a label outside the class range raises :class:`BadRecordError` (a
+    ValueError) naming the file and the sample or row.
 Boxes through the eval geometry
     ``map_boxes(boxes, orig_size, resize, crop)``, ``eval_geometry(img_size, crop_pct=..., preset=...)``.
 Transforms
@@ -53,7 +55,7 @@ from tdam.validation import check_choice
 from .base import BadSample, ImageDataset
 from .boxes import Geometry, eval_geometry, map_boxes
 from .coco import COCO2014Dataset
-from .errors import BadImageError, DatasetLayoutError
+from .errors import BadImageError, BadRecordError, DatasetLayoutError
 from .finegrained import CUB200Dataset, StanfordDogsDataset
 from .imagenet import IMAGENET_V2_VARIANTS, ImageNetDataset, ImageNetV2Dataset
 from .loader import CountingDataLoader, collate_drop_bad
@@ -65,9 +67,10 @@ from .wds import ImageNetWdsDataset, set_shard_epoch, shard_loader
 __all__ = [
     "dataset_root", "shapes_root", "make_shapes_dataset", "load_manifest", "build_dataset", "DATASETS",
     "build_transform", "PRESETS", "map_boxes", "eval_geometry", "Geometry", "DatasetLayoutError", "BadImageError",
-    "BadSample", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset", "StanfordDogsDataset",
-    "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS", "ImageNetWdsDataset",
-    "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch", "SHARD_FORMATS", "TASK_DATASETS",
+    "BadSample", "BadRecordError", "ImageDataset", "ImageNetDataset", "ImageNetV2Dataset", "CUB200Dataset",
+    "StanfordDogsDataset", "COCO2014Dataset", "CountingDataLoader", "collate_drop_bad", "IMAGENET_V2_VARIANTS",
+    "ImageNetWdsDataset", "ImageNetParquetDataset", "convert_imagenet", "shard_loader", "set_shard_epoch",
+    "SHARD_FORMATS", "TASK_DATASETS",
 ]
 
 DATASETS: dict[str, type] = {

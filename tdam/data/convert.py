@@ -20,6 +20,13 @@ Parquet (``<out>/imagenet_parquet``; the Hugging Face ``imagenet-1k`` layout)
 Function: :func:`convert_imagenet`; command line: ``python -m tdam.data.convert SRC OUT [--formats wds parquet]
 [--splits train val] [--shard-size 1000] [--rows-per-file 10000] [--seed 0]``. The tar writer needs only the
 standard library; the parquet writer needs ``pyarrow`` (``pip install tdam[shards]``).
+
+Each format folder is written whole or not at all (:mod:`tdam.data.staging`): a killed conversion leaves a temporary
+``.imagenet_wds.tmp-<pid>-<hex>`` that the next run removes. An existing format folder is never overwritten; when
+some requested formats exist and others do not (a run that stopped on a full disk after the first), the refusal
+names the ``--formats`` that writes only the missing ones. The command follows the exit codes of :mod:`tdam.errors`
+(2 arguments or an existing output, 3 an unreadable source image or layout, 4 an output that cannot be written,
+5 stopped by SIGTERM/SIGINT, its partial output removed).
 """
 from __future__ import annotations
 
@@ -27,20 +34,26 @@ import argparse
 import io
 import json
 import os
+import logging
 import random
 import shutil
+import signal
 import tarfile
-import uuid
 from pathlib import Path
 from typing import Sequence
 
+from tdam.errors import ConfigError, run_command, writing
 from tdam.validation import check_choice, check_int
 
+from .errors import BadRecordError
 from .formats import FORMATS, PARQUET_DIR, SPLIT_NAMES, WDS_DIR, require
 from .imagenet import ImageNetDataset
+from .staging import remove_stale_staging, staging_dir
 
 __all__ = ["convert_imagenet", "FORMATS", "SPLIT_NAMES", "WDS_DIR", "PARQUET_DIR", "require", "main"]
 
+log = logging.getLogger("tdam.data")
+PROG = "python -m tdam.data.convert"
 _EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 
 
@@ -51,9 +64,10 @@ def _records(ds: ImageNetDataset) -> list[dict]:
         p = Path(path)
         ext = _EXT.get(p.suffix.lower())
         if ext is None:
-            raise ValueError(f"{path}: only {sorted(_EXT)} images can be sharded (timm's reader decodes jpg/png/webp)")
+            raise BadRecordError(f"{path}: only {sorted(_EXT)} images can be sharded (timm's reader decodes "
+                                 f"jpg/png/webp)")
         if "." in p.stem:
-            raise ValueError(f"{path}: a file stem with a dot cannot be a WebDataset key")
+            raise BadRecordError(f"{path}: a file stem with a dot cannot be a WebDataset key")
         w, h = ds.image_size(i)
         boxes, box_labels = None, None  # null where the split has no box annotations
         if ds.has_boxes:
@@ -64,7 +78,10 @@ def _records(ds: ImageNetDataset) -> list[dict]:
                      "height": int(h), "boxes": boxes, "box_labels": box_labels})
     keys = [r["key"] for r in recs]
     if len(set(keys)) != len(keys):
-        raise ValueError(f"{ds.root}/{ds.split}: file stems are not unique, they cannot be WebDataset keys")
+        seen: set[str] = set()
+        twice = next(k for k in keys if k in seen or seen.add(k))
+        raise BadRecordError(f"{ds.root}/{ds.split}: file stem {twice!r} occurs twice: stems are the WebDataset keys "
+                             f"and must be unique")
     return recs
 
 
@@ -134,8 +151,9 @@ def convert_imagenet(src: str | os.PathLike, out: str | os.PathLike, *, formats:
                      ) -> dict[str, Path]:
     """Convert the ImageNet folder ``src`` (the ``imagenet`` reader's root) into ``out/imagenet_wds`` and/or
     ``out/imagenet_parquet`` (see the module docstring); returns {format: folder}. Each format folder is written
-    to a temporary sibling and renamed when complete; an existing one raises ``FileExistsError``. Training images
-    are written in a random order drawn from ``seed``; validation keeps the folder order."""
+    to a temporary sibling and renamed when complete (the temporaries of killed conversions are removed first); an
+    existing one raises :class:`~tdam.errors.ConfigError` naming the formats still missing. Training images are
+    written in a random order drawn from ``seed``; validation keeps the folder order."""
     formats = tuple(formats)
     for f in formats:
         check_choice("format", f, FORMATS)
@@ -146,8 +164,17 @@ def convert_imagenet(src: str | os.PathLike, out: str | os.PathLike, *, formats:
     out = Path(out).expanduser()
     targets = {"wds": out / WDS_DIR, "parquet": out / PARQUET_DIR}
     for f in formats:
-        if targets[f].exists():
-            raise FileExistsError(f"{targets[f]} exists; remove it or pass another output folder")
+        if removed := remove_stale_staging(targets[f]):
+            log.warning("removed %d temporary folder(s) left by a killed conversion: %s", len(removed),
+                        ", ".join(str(r) for r in removed))
+    present = [f for f in formats if targets[f].exists()]
+    if present:
+        missing = [f for f in formats if f not in present]
+        hint = (f"write only the missing with --formats {' '.join(missing)} (formats={tuple(missing)!r})" if missing
+                else "nothing to convert")
+        raise ConfigError(f"{', '.join(str(targets[f]) for f in present)} exist{'s' if len(present) == 1 else ''} "
+                          f"(written by an earlier conversion): {hint}; or remove "
+                          f"{'it' if len(present) == 1 else 'them'} to write again")
     if "parquet" in formats:
         require("pyarrow")
     data = {}
@@ -161,16 +188,11 @@ def convert_imagenet(src: str | os.PathLike, out: str | os.PathLike, *, formats:
     classes, class_names = list(ds0.classes), list(ds0.class_names)
     done = {}
     for f in formats:
-        tmp = targets[f].parent / f".{targets[f].name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        with writing(targets[f].parent):
+            tmp = staging_dir(targets[f])
         try:
-            if f == "wds":
-                info = {"name": "imagenet-1k", "synsets": classes, "class_names": class_names, "splits": {
-                    SPLIT_NAMES[s]: _write_wds(recs, tmp, SPLIT_NAMES[s], shard_size) for s, (_, recs) in data.items()}}
-                (tmp / "_info.json").write_text(json.dumps(info, indent=1))
-            else:
-                for s, (_, recs) in data.items():
-                    _write_parquet(recs, tmp, SPLIT_NAMES[s], rows_per_file, row_group_size, classes, class_names)
+            with writing(targets[f]):
+                _write_format(f, tmp, data, shard_size, rows_per_file, row_group_size, classes, class_names)
             os.rename(tmp, targets[f])
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -179,8 +201,31 @@ def convert_imagenet(src: str | os.PathLike, out: str | os.PathLike, *, formats:
     return done
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tdam.data.convert", description=__doc__.split("\n\n")[0])
+def _write_format(f: str, tmp: Path, data: dict, shard_size: int, rows_per_file: int, row_group_size: int,
+                  classes: list[str], class_names: list[str]) -> None:
+    """Write format ``f`` ('wds' or 'parquet') of the splits ``data`` into the staging folder ``tmp``."""
+    if f == "wds":
+        info = {"name": "imagenet-1k", "synsets": classes, "class_names": class_names, "splits": {
+            SPLIT_NAMES[s]: _write_wds(recs, tmp, SPLIT_NAMES[s], shard_size) for s, (_, recs) in data.items()}}
+        (tmp / "_info.json").write_text(json.dumps(info, indent=1))
+    else:
+        for s, (_, recs) in data.items():
+            _write_parquet(recs, tmp, SPLIT_NAMES[s], rows_per_file, row_group_size, classes, class_names)
+
+
+def _stop(signum: int, frame) -> None:
+    """SIGTERM -> KeyboardInterrupt, so a job scheduler's stop removes the partial output as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def _explain(e: BaseException) -> str | None:
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted; the partial output was removed: rerun the command to convert again"
+    return None
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="ImageNet folder (train/<wnid>/..., val/<wnid>/..., optional val_boxes/)")
     p.add_argument("out", help="output folder; receives imagenet_wds/ and/or imagenet_parquet/")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
@@ -197,6 +242,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f, path in done.items():
         print(f"{f}: {path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring); returns its exit code (:mod:`tdam.errors`)."""
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return run_command(_main, argv, prog=PROG, explain=_explain)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

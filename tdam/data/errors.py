@@ -5,13 +5,18 @@
   message names the path that was missing/wrong and spells out the layout the reader expects.
 * :class:`BadImageError` -- an image file that cannot be decoded (corrupt, truncated, not an image). Subclasses
   :class:`OSError` (like PIL's own ``UnidentifiedImageError``); the message names the file.
+* :class:`BadRecordError` -- a record of a data file that cannot be used: a damaged tar shard or parquet file, a
+  shard sample without its label, a label that is not an integer or lies outside the class range. Subclasses
+  :class:`ValueError`; the message names the file and the sample key or row.
+
+The commands map all three to exit code 3 (:mod:`tdam.errors`).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-__all__ = ["DatasetLayoutError", "BadImageError", "layout_error"]
+__all__ = ["DatasetLayoutError", "BadImageError", "BadRecordError", "layout_error"]
 
 
 class DatasetLayoutError(FileNotFoundError, ValueError):
@@ -35,6 +40,10 @@ class BadImageError(OSError):
 
     def __reduce__(self):  # picklable across DataLoader worker processes
         return (BadImageError, (self.path,))
+
+
+class BadRecordError(ValueError):
+    """A record of a data file cannot be used (see the module docstring); the message names the file and record."""
 
 
 def layout_error(kind: str, path: str | Path, problem: str, layout: str) -> DatasetLayoutError:

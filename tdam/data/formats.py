@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+from tdam.errors import MissingDependencyError
+
 __all__ = ["FORMATS", "SPLIT_NAMES", "WDS_DIR", "PARQUET_DIR", "require"]
 
 FORMATS = ("wds", "parquet")
@@ -17,4 +19,5 @@ def require(module: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"{module} is needed for ImageNet shards / parquet files: pip install 'tdam[shards]'") from e
+        raise MissingDependencyError(f"{module} is needed for ImageNet shards / parquet files: "
+                                     f"pip install 'tdam[shards]'") from e

@@ -56,9 +56,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tdam.errors import ConfigError
 from tdam.validation import check_choice
 
 from . import render as R
+from .staging import remove_stale_staging, staging_dir
 
 __all__ = [
     "make_shapes_dataset", "load_manifest", "SIZES", "GENERATOR_VERSION", "MARKER", "IMAGENET_CLASSES",
@@ -511,18 +513,6 @@ def _read_marker(root: Path) -> dict | None:
         return None
 
 
-def _remove_stale_temps(root: Path) -> None:
-    """Delete temp folders of generations whose process is gone (killed mid-way: they never became ``root``)."""
-    for p in root.parent.glob(f".{root.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
-
-
 #: shard / parquet sizes of the converted formats: (images per tar shard, rows per parquet file, rows per row group)
 _FORMAT_SIZES = {"tiny": (8, 32, 10), "default": (100, 1000, 100)}
 
@@ -557,7 +547,7 @@ def _add_formats(root: Path, size: str, formats: tuple[str, ...]) -> None:
     try:
         convert_imagenet(root / "imagenet", root, formats=missing, shard_size=shard, rows_per_file=rows,
                          row_group_size=group)
-    except OSError:
+    except (OSError, ConfigError):          # the output exists, or appeared while this process converted
         if not all((root / folder[f]).is_dir() for f in missing):  # else a concurrent process finished first
             raise
 
@@ -586,9 +576,8 @@ def _make_folders(root: str | os.PathLike | None, *, seed: int, size: str) -> Pa
             raise FileExistsError(f"{root} exists and is not a complete tdam-shapes dataset (no {MARKER}); "
                                   f"remove it or pass another root")
     root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    remove_stale_staging(root)    # temp folders of generations killed mid-way
+    tmp = staging_dir(root)
     try:
         sz = SIZES[size]
         manifest = {"generator": want, "imagenet": _gen_imagenet(tmp, seed, sz),

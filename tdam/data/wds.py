@@ -21,6 +21,12 @@ the seeded shard shuffle driven by a shared epoch counter. What this module chan
   may hold different counts (``len(dataset)`` is this rank's exact count), so reduce the correct counts once at the
   end, never per batch.
 
+Bad data. At open, ``_info.json`` must parse and list, for the split, shards that exist (else a
+:class:`~tdam.data.errors.DatasetLayoutError` naming the file). A stream has no index to check labels against before
+training without reading every shard (hours on ImageNet), so samples are checked as they are read, on the first
+pass: a damaged tar shard, a sample without ``.cls``, a label that is not an integer or lies outside the class
+range of ``_info.json`` raise :class:`~tdam.data.errors.BadRecordError` naming ``<shard>:<key>``.
+
 Resume. A streamed epoch has no index to seek to: resuming restarts at an EPOCH BOUNDARY. Call
 :func:`set_shard_epoch` (or ``dataset.set_epoch(epoch)``) before each epoch's iteration; the resumed epoch then
 streams the same shard and sample order as the uninterrupted run (same seed, world size and worker count). A
@@ -38,6 +44,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Callable
 
@@ -49,7 +56,7 @@ from tdam.validation import check_choice, check_int
 
 from .base import BAD_IMAGE_CHOICES, BadSample, boxes_tensor
 from .formats import SPLIT_NAMES, require
-from .errors import BadImageError, layout_error
+from .errors import BadImageError, BadRecordError, layout_error
 
 __all__ = ["ImageNetWdsDataset", "set_shard_epoch", "shard_loader"]
 
@@ -87,10 +94,7 @@ def _reader_class() -> type:
                 self.global_num_workers = self.dist_num_replicas * self.num_workers
                 self.global_worker_id = self.dist_rank * self.num_workers + self.worker_id
             shards = [os.path.join(self.root, f) for f in self.split_info.filenames]
-            if self.is_training and len(shards) < self.global_num_workers:
-                raise ValueError(f"{self.root}: {len(shards)} training shard(s) cannot feed {self.dist_num_replicas} "
-                                 f"rank(s) x {self.num_workers} worker(s); write more shards (--shard-size) or use "
-                                 f"fewer workers")
+            check_shard_count(self)
             stages = [wds.SimpleShardList(shards)]
             if self.is_training:
                 stages.append(R.detshuffle2(self.shard_shuffle_size, seed=self.common_seed, epoch=self.epoch_count))
@@ -110,6 +114,46 @@ def _reader_class() -> type:
     _Reader.__module__ = __name__
     _READER = _Reader
     return _Reader
+
+
+def check_shard_count(reader) -> None:
+    """Training needs a shard per global worker (``world_size * num_workers``): raise ValueError naming both."""
+    shards, workers = len(reader.split_info.filenames), reader.dist_num_replicas * reader.num_workers
+    if reader.is_training and shards < workers:
+        raise ValueError(f"{reader.root}: {shards} training shard(s) cannot feed {reader.dist_num_replicas} rank(s) x "
+                         f"{reader.num_workers} loader worker(s): each needs a shard of its own; write more shards "
+                         f"(python -m tdam.data.convert --shard-size) or use fewer workers (--workers)")
+
+
+def _read_info(info_path: Path, kind: str, layout: str) -> dict:
+    """``_info.json``, parsed; a missing, cut-short or malformed file is a layout error naming it."""
+    if not info_path.is_file():
+        raise layout_error(kind, info_path, "missing the shard table", layout)
+    try:
+        info = json.loads(info_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        where = f" (line {e.lineno} column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise layout_error(kind, info_path, f"cannot parse the shard table{where}", layout) from None
+    if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict):
+        raise layout_error(kind, info_path, "the shard table is not a {\"splits\": {...}} mapping", layout)
+    return info
+
+
+def _check_split(root: Path, info_path: Path, name: str, split: object, kind: str, layout: str) -> None:
+    """The split's shard list is non-empty and every shard exists (else a layout error naming the first missing)."""
+    files = split.get("filenames") if isinstance(split, dict) else None
+    if not isinstance(files, list) or not files:
+        raise layout_error(kind, info_path, f"split {name!r} lists no shards (\"filenames\") in", layout)
+    missing = [f for f in files if not (root / str(f)).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise layout_error(kind, root / str(missing[0]), f"shard listed in {info_path.name} for split {name!r} is "
+                           f"missing{more}", layout)
+
+
+def _shard_of(e: BaseException) -> str | None:
+    """The shard a webdataset stage failed on: webdataset appends the shard's url to the error's ``args``."""
+    return next((a for a in reversed(e.args) if isinstance(a, str) and a.endswith(".tar")), None)
 
 
 class ImageNetWdsDataset(IterableDataset):
@@ -133,12 +177,11 @@ class ImageNetWdsDataset(IterableDataset):
         self.root = Path(root).expanduser()
         self.split = "train" if split == "train" else "val"
         info_path = self.root / "_info.json"
-        if not info_path.is_file():
-            raise layout_error(self.kind, info_path, "missing the shard table", self.layout)
-        info = json.loads(info_path.read_text())
+        info = _read_info(info_path, self.kind, self.layout)
         name = SPLIT_NAMES[self.split]
         if name not in info.get("splits", {}):
             raise layout_error(self.kind, info_path, f"no split {name!r} in", self.layout)
+        _check_split(self.root, info_path, name, info["splits"][name], self.kind, self.layout)
         self.transform, self.target_transform = transform, target_transform
         self.on_bad_image, self.with_meta = on_bad_image, with_meta
         self.training = self.split == "train" if training is None else bool(training)
@@ -164,12 +207,15 @@ class ImageNetWdsDataset(IterableDataset):
 
     def set_loader_cfg(self, num_workers: int, batch_size: int | None = None) -> None:
         """Tell the reader the DataLoader's worker count (and batch size) BEFORE the loader starts: they fix the
-        per-worker quota."""
+        per-worker quota. Training needs a shard per worker of every rank (ValueError here, before any worker
+        starts, otherwise)."""
         check_int("num_workers", num_workers, 0)
         if batch_size is not None:
             check_int("batch_size", batch_size, 1)
             self.reader.batch_size = batch_size
         self.reader.set_loader_cfg(num_workers=num_workers)
+        self.reader.global_num_workers = self.reader.dist_num_replicas * self.reader.num_workers
+        check_shard_count(self.reader)
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (training: the padded quota; evaluation: the exact count)."""
@@ -185,8 +231,24 @@ class ImageNetWdsDataset(IterableDataset):
         return sum(n for j, n in enumerate(lengths) if j % r.global_num_workers in mine)
 
     # ------------------------------------------------------------------ samples
+    def _label(self, sample: dict) -> int:
+        """The sample's ``.cls`` label, checked against the class count (BadRecordError naming shard and key)."""
+        where = f"{sample.get('__url__', self.root)}:{sample['__key__']}"
+        if "cls" not in sample:
+            members = sorted(k for k in sample if not k.startswith("__"))
+            raise BadRecordError(f"{where}: sample without a .cls label (it holds {members})")
+        try:
+            target = int(sample["cls"])
+        except ValueError:
+            raise BadRecordError(f"{where}.cls: label {bytes(sample['cls'][:20])!r} is not an integer") from None
+        if self.classes and not 0 <= target < len(self.classes):
+            raise BadRecordError(f"{where}.cls: label {target} is outside the {len(self.classes)} classes "
+                                 f"(0..{len(self.classes) - 1}) of {self.root / '_info.json'}")
+        return target
+
     def _decode(self, sample: dict):
         from webdataset.filters import getfirst
+        target = self._label(sample)
         meta = json.loads(sample["json"]) if "json" in sample else {}
         name = f"{sample.get('__url__', self.root)}:{meta.get('filename', sample['__key__'])}"
         try:
@@ -198,7 +260,6 @@ class ImageNetWdsDataset(IterableDataset):
             return BadSample(name, -1)
         if self.transform is not None:
             img = self.transform(img)
-        target = int(sample["cls"])
         if self.target_transform is not None:
             target = self.target_transform(target)
         if not self.with_meta:
@@ -210,7 +271,20 @@ class ImageNetWdsDataset(IterableDataset):
             "box_labels": torch.tensor(meta.get("box_labels") or [], dtype=torch.long)}
 
     def __iter__(self):
-        for sample in self.reader:
+        samples, last = iter(self.reader), None
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                return
+            except (tarfile.TarError, OSError, ValueError) as e:
+                shard = _shard_of(e)
+                if shard is None:
+                    raise
+                reason = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
+                after = f" after sample {last['__key__']}" if last is not None and last.get("__url__") == shard else ""
+                raise BadRecordError(f"{shard}: damaged tar shard: {reason}{after}") from e
+            last = sample
             yield self._decode(sample)
 
     def __repr__(self) -> str:

@@ -38,7 +38,11 @@ Errors end with one ``error:`` line naming the file, value or path, and an exit 
     0  the run finished                     4  the run folder cannot be written (no space, read-only, permission)
     1  non-finite loss (last.pth is kept)    5  interrupted after saving a resumable last.pth: rerun --resume true
     2  invalid configuration                6  another live run holds the run folder (its PID and host named)
-    3  bad data (layout, annotation, unreadable image; skip_bad_images: true skips those)
+    3  bad data (layout, shard, parquet row, label, annotation, unreadable image; file and record named)
+   70  internal error (a bug): the traceback is written to the run's train.log or to a file the message names
+
+Under torchrun or SLURM, rank 0 alone prints the recipe, the progress and the summary; an error is printed by each
+rank that meets it (``[rank N]`` before the message of rank N > 0).
 """
 from __future__ import annotations
 
@@ -46,10 +50,12 @@ import argparse
 import sys
 import textwrap
 from dataclasses import MISSING, Field, fields
+from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from tdam import errors
 from tdam.train.config import GROUPS, TrainConfig, load_yaml
 
 __all__ = ["main", "parse_overrides", "help_text"]
@@ -79,6 +85,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
             if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
                 value, i = tokens[i + 1], i + 1
             else:
+                _check_bare_flag(key)
                 value = "true"
         parsed = load_yaml(value, f"--{key}")      # the params files' loader: syntax errors name the flag
         section, dot, sub = key.partition(".")
@@ -92,6 +99,15 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
             out[key] = parsed
         i += 1
     return out
+
+
+def _check_bare_flag(key: str) -> None:
+    """A bare ``--key`` means true: only a field that takes true/false may be written so (a bare ``--data_dir`` is
+    what a job script's unset ``$IMAGENET`` leaves)."""
+    kind = next((f.type for f in fields(TrainConfig) if f.name == key), None)
+    if kind is not None and "bool" not in str(kind):
+        raise ValueError(f"--{key} needs a value ({kind}); it was given none (an unset shell variable?): write "
+                         f"--{key} VALUE")
 
 
 def _default(f: Field) -> Any:
@@ -139,46 +155,65 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_main_process() -> bool:
+def _rank() -> int:
     from tdam.train.distributed import _env_rank_info
 
-    return _env_rank_info()[0] == 0
+    return _env_rank_info()[0]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, rest = _parser().parse_known_args(argv)
-    if args.help:
-        print(help_text(), end="")
-        return 0
+class _TrainCommand:
+    """The command's body, run by :func:`tdam.errors.run_command`; it keeps the run's folder, so an error message and
+    an internal error's traceback (``<run dir>/train.log``) can name the run."""
 
-    from tdam.data.errors import BadImageError
-    from tdam import errors
-    from tdam.runs import run_state
-    from tdam.train.cache import run_result
-    from tdam.train.config import load_config
-    from tdam.train.lineage import holds_request, resolve_run
-    from tdam.train.recipe import describe_recipe, resolve_profile
-    from tdam.train.trainer import train
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None                # the folder the run works in (a continued run's own)
+        self.rank = 0                                   # read after --help: it loads torch
 
-    main_process = _is_main_process()
-    try:
+    def log_path(self):
+        return self.run_dir / "train.log" if self.run_dir is not None else None
+
+    def explain(self, e: BaseException) -> str:
+        """The error line's message: the file's or value's, with the hint of this command, named by rank N > 0."""
+        from tdam.data.errors import BadImageError
+
+        msg = errors.one_line(e) or type(e).__name__
+        if isinstance(e, BadImageError):
+            msg += " (set skip_bad_images: true, or --skip_bad_images true, to skip and count unreadable images)"
+        elif isinstance(e, KeyboardInterrupt):
+            msg = ("interrupted before the run started" if self.run_dir is None else
+                   f"interrupted; {self.run_dir / 'last.pth'} holds the last saved state (resume with "
+                   f"--resume true)")
+        return f"[rank {self.rank}] {msg}" if self.rank else msg
+
+    def __call__(self, argv: Sequence[str] | None) -> int:
+        args, rest = _parser().parse_known_args(argv)
+        if args.help:
+            print(help_text(), end="")
+            return errors.EXIT_OK
+
+        from tdam.runs import run_state
+        from tdam.train.cache import run_result
+        from tdam.train.config import load_config
+        from tdam.train.lineage import holds_request, resolve_run
+        from tdam.train.recipe import describe_recipe, resolve_profile
+        from tdam.train.trainer import train
+
+        self.rank = _rank()
+        main_process = self.rank == 0
         cfg = load_config(args.config, profile=args.profile, **parse_overrides(rest))
         if args.profile is None and cfg.data_dir is not None:   # real data, the file's recipe: named as notebook 01
             cfg = cfg.replace(profile=resolve_profile(None, cfg.data_dir))   # names it, so they share the run
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return errors.EXIT_CONFIG
-    if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return errors.EXIT_OK
-    run_dir = cfg.run_dir()
-    try:
-        if main_process or args.dry_run:
+        if args.print_config:
+            if main_process:
+                print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return errors.EXIT_OK
+        self.run_dir = cfg.run_dir()
+        if main_process:
             print(describe_recipe(cfg, gpus=None), flush=True)
         if args.dry_run:
             return errors.EXIT_OK
         resolved = resolve_run(cfg, create=False)              # the folder: a continued run's own (lineage)
-        run_dir = resolved.run_dir()
+        self.run_dir = run_dir = resolved.run_dir()
         # None: no run, or another run in a named folder (the trainer refuses that one, naming the differences)
         state = run_state(run_dir) if holds_request(run_dir, resolved) else None
         if state is not None and state.state == "finished":
@@ -193,25 +228,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"trained", flush=True)
             cfg = cfg.replace(resume=cfg.resume or True)
         result = train(cfg)
-    except (ValueError, OSError, FloatingPointError, errors.RunLockedError, KeyboardInterrupt) as e:
-        try:
-            code = errors.exit_code(e)
-        except TypeError:
-            raise e from None                     # not one of the named failures: a traceback is a bug report
-        msg = errors.one_line(e)
-        if isinstance(e, BadImageError):
-            msg += " (set skip_bad_images: true, or --skip_bad_images true, to skip and count unreadable images)"
-        elif isinstance(e, KeyboardInterrupt):
-            msg = f"interrupted; {run_dir / 'last.pth'} holds the last saved state (resume with --resume true)"
-        print(f"error: {msg}", file=sys.stderr)
-        return code
-    if result.interrupted:
+        if result.interrupted:
+            if main_process:
+                print(f"pre-empted: resume with --resume true (checkpoint {result.last_checkpoint})")
+            return errors.EXIT_INTERRUPTED
         if main_process:
-            print(f"pre-empted: resume with --resume true (checkpoint {result.last_checkpoint})")
-        return errors.EXIT_INTERRUPTED
-    if main_process:
-        print(result.done_line(), flush=True)
-    return errors.EXIT_OK
+            print(result.done_line(), flush=True)
+        return errors.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tdam.train``: see the module docstring; returns the exit code (:mod:`tdam.errors`)."""
+    command = _TrainCommand()
+    return errors.run_command(command, argv, prog=PROG, log_path_fn=command.log_path, explain=command.explain)
 
 
 if __name__ == "__main__":

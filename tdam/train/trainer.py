@@ -406,9 +406,15 @@ class _Run:
 
     @contextmanager
     def holding_run_dir(self) -> Iterator[None]:
-        """The run folder's lock is released when the run ends, however it ends."""
+        """The run folder's lock is released when the run ends, however it ends; a run that fails before its first
+        checkpoint (bad data met in the first epoch: a stream has no index to check up front) is a failed start,
+        and the folder is removed if this call created it."""
         try:
             yield
+        except BaseException:
+            if not (self.run_dir / "last.pth").is_file():
+                self.discard_new_run_dir()
+            raise
         finally:
             if self.lock is not None:
                 self.lock.release()
