@@ -7,6 +7,7 @@ Examples::
     torchrun --standalone --nproc_per_node 4 -m tdam.train --config <yaml> --data_dir /data/imagenet
     python -m tdam.train --config <yaml> --resume true                             # continue <run dir>/last.pth
     python -m tdam.train --config <yaml> --print-config                            # show the resolved config
+    python -m tdam.train --config resnet50_td_joint_t2_m1 --explain                # ... with each value's source
     python -m tdam.train --config resnet50_td_joint_t2_m1 --data_dir /data/imagenet --dry-run   # the recipe only
 
 ``--key value`` sets any :class:`~tdam.train.config.TrainConfig` field; values are read as YAML (``--lr 0.4``,
@@ -50,8 +51,11 @@ OPTIONS = (   # the CLI's own options: (flag, metavar or None for a switch, mean
     ("--config", "YAML", "params YAML (a path, or a name under params/imagenet/)"),
     ("--profile", "NAME", "overlay under params/profiles/ (e.g. smoke: embedded data on CPU; paper: none)"),
     ("--print-config", None, "print the resolved config and exit"),
-    ("--dry-run", None, "print the resolved recipe (data, epochs, batch, lr, updates, device, run folder) and exit "
-                        "without training or reading the data"),
+    ("--explain", None, "print the resolved config with the source of every value (the paper, the authors' script "
+                        "or the official code, tdam's choice, an override) and exit"),
+    ("--dry-run", None, "print the resolved recipe (data, epochs, batch, lr, updates, device, run folder), the train "
+                        "and eval transforms and the lr at each epoch, and exit without training or reading the data "
+                        "(without the data: the dataset's published size, said so)"),
 )
 
 
@@ -159,9 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return errors.EXIT_OK
+    if args.explain:
+        from tdam.train.provenance import explain_config
+
+        print(explain_config(cfg))
+        return errors.EXIT_OK
     try:
         if main_process or args.dry_run:
-            print(describe_recipe(cfg, gpus=None), flush=True)
+            print(describe_recipe(cfg, gpus=None, detail=args.dry_run), flush=True)
         if args.dry_run:
             return errors.EXIT_OK
         if not cfg.resume and (done := _finished_run(cfg)) is not None:
