@@ -33,7 +33,7 @@ _EXPORTS = {   # public name -> the module that defines it
     "ensure_checkpoint": "cache", "checkpoint_config": "cache", "ensure_run": "cache", "find_checkpoint": "cache",
     "Task": "engine", "ClassificationTask": "engine", "EvalContext": "engine", "TrainState": "engine",
     "NonFiniteLossError": "engine", "train_one_epoch": "engine", "evaluate": "engine",
-    "plot_curves": "plots", "read_metrics": "plots",
+    "plot_curves": "plots", "read_metrics": "plots", "plot_lr_schedule": "plots",
 }
 __all__ = list(_EXPORTS)
 

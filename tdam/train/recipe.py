@@ -26,7 +26,7 @@ from tdam.paths import params_dir
 from tdam.train.config import TrainConfig, model_tag
 
 __all__ = ["AUTO_PROFILES", "resolve_profile", "recipe_for", "train_images", "updates_per_epoch",
-           "describe_recipe", "KNOWN_TRAIN_IMAGES"]
+           "describe_recipe", "run_schedule", "KNOWN_TRAIN_IMAGES"]
 
 #: what ``profile=None`` resolves to: on the embedded data, and on real data (a ``data_dir``)
 AUTO_PROFILES = {"embedded": "smoke", "real": "paper"}
@@ -168,6 +168,18 @@ def describe_recipe(cfg: TrainConfig, gpus: int | None = 0, *, detail: bool = Fa
     if detail:
         lines += _details(cfg, updates, world)
     return "\n".join(lines)
+
+
+def run_schedule(cfg: TrainConfig, gpus: int | None = 0) -> tuple[list[float], int]:
+    """``(lr of every update, updates per epoch)`` of ``cfg`` as the trainer will run it (``gpus`` as in
+    :func:`describe_recipe`; without the data, the dataset's published size). Reads no image."""
+    from tdam.train.schedule import lr_schedule
+
+    _, world = _devices(cfg, gpus)
+    updates, _ = updates_per_epoch(cfg, _train_images_or_assumed(cfg)[0], world)
+    if updates < 1:
+        raise ValueError(f"no update per epoch: too few training images for the global batch {cfg.global_batch(world)}")
+    return lr_schedule(cfg, updates, world), updates
 
 
 def _details(cfg: TrainConfig, updates: int, world: int) -> list[str]:
