@@ -38,7 +38,8 @@ def test_paper_resnet_schedule_is_the_authors(name, t_initial, total):
     assert got == authors_schedule(0.4, t_initial, total, n)          # every update, exactly
     assert got[-10 * n:] == [1e-6] * (10 * n)                       # the 10 cool-down epochs at min_lr
     # warm-up from 1e-4; the peak is the cosine at epoch 5 of t_initial (the warm-up is inside it), never 0.4 itself
-    assert got[0] == 1e-4 and max(got) == pytest.approx(1e-6 + 0.5 * (0.4 - 1e-6) * (1 + math.cos(math.pi * 5 / t_initial)))
+    peak_epoch_5 = 1e-6 + 0.5 * (0.4 - 1e-6) * (1 + math.cos(math.pi * 5 / t_initial))
+    assert got[0] == 1e-4 and max(got) == pytest.approx(peak_epoch_5)
 
 
 def test_paper_convnext_schedule_is_convnexts_cosine_scheduler():

@@ -338,3 +338,13 @@ def test_warmup_must_be_shorter_than_the_run(capsys):
     assert load_config(None, profile="smoke", epochs=1, warmup_epochs=0.5).epochs == 1
     assert main(["--profile", "smoke", "--epochs", "1", "--warmup_epochs", "1", "--print-config"]) == 2
     assert "error: warmup_epochs=1 is not shorter than the run (epochs=1)" in capsys.readouterr().err
+
+
+def test_gpu_settings_are_recorded_but_not_part_of_the_runs_identity():
+    """cudnn_benchmark and tf32 change which kernels run, not the recipe (like deterministic): the same run folder;
+    the recipe's new fields (colour jitter, interpolation, schedule shape) name another run."""
+    cfg = load_config("resnet50_td_joint_t2_m1")
+    assert config_hash(cfg) == config_hash(cfg.replace(cudnn_benchmark=False, tf32=False, deterministic=True))
+    for change in ({"color_jitter": None}, {"train_interpolation": "bilinear"}, {"lr_step": "update"},
+                   {"cooldown_epochs": 0}, {"warmup_prefix": True}):
+        assert config_hash(cfg) != config_hash(cfg.replace(**change)), change

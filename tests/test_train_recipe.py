@@ -192,7 +192,8 @@ def test_explain_names_the_source_of_every_field(capsys):
     assert set(lines) == {f.name for f in fields(TrainConfig)}
     assert "[authors' script] --warmup-lr default 1e-4 (timm_td_train.py L141)" in lines["warmup_lr"]
     assert "[paper]" in lines["weight_decay"] and "[tdam]" in lines["amp"] and "bf16" in lines["amp"]
-    assert "[override] not the recipe's value (recipe: 160): set by the profile 'paper' or an override" in lines["epochs"]
+    assert ("[override] not the recipe's value (recipe: 160): set by the profile 'paper' or an override"
+            in lines["epochs"])
     assert main(["--config", "convnext_tiny_td_joint_t2_m1", "--explain"]) == 0
     lines = {line.split(":", 1)[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert "[official code]" in lines["lr"] and "not scaled" in lines["lr"]

@@ -26,7 +26,7 @@ from tdam._lazy import lazy_attributes
 
 _EXPORTS = {   # public name -> the module that defines it
     "TrainConfig": "config", "load_config": "config",
-    "recipe_for": "recipe", "resolve_profile": "recipe", "describe_recipe": "recipe",
+    "recipe_for": "recipe", "resolve_profile": "recipe", "describe_recipe": "recipe", "run_schedule": "recipe",
     "lr_schedule": "schedule", "build_transforms": "transforms", "explain_config": "provenance",
     "train": "trainer", "build_model": "trainer", "RunResult": "trainer",
     "run_training": "launch", "check_gpus": "launch",

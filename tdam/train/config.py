@@ -21,7 +21,8 @@ device, so the trainer accepts exactly what ``create_model`` accepts. ``base:`` 
 Learning rate follows the paper's rule "0.1 per 128 images, scaled linearly with the global batch": leave ``lr``
 unset and give ``lr_base``/``lr_base_size``; the global batch is ``batch_size`` (per process) x processes x
 ``accum_steps``. A warm-up must be shorter than the run (``warmup_epochs < epochs``, checked on the final config,
-so a resume that raises ``epochs`` is judged by the new length).
+so a resume that raises ``epochs`` is judged by the new length), and warm-up plus cool-down must leave an epoch of
+the schedule. The schedule's shape (``lr_step``, ``warmup_prefix``, ``cooldown_epochs``): :mod:`tdam.train.schedule`.
 
 Each field's group and one-line meaning live in its metadata (:data:`GROUPS`, ``help``, ``choices``), the one
 description ``python -m tdam.train --help`` prints. Importing this module loads neither torch nor timm (the checks

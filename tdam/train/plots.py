@@ -68,21 +68,21 @@ def plot_curves(history: Sequence[dict[str, Any]] | str | Path, *, title: str = 
     return fig
 
 
-def plot_lr_schedule(cfg: Any, gpus: int | None = 0):
-    """The learning rate of every update of ``cfg``'s run (:func:`tdam.train.lr_schedule`, as the trainer steps it)
-    against the epoch, on a log scale (warm-up start, cosine and cool-down all visible). ``gpus``: as
-    :func:`tdam.train.describe_recipe`. Returns the matplotlib Figure."""
+def plot_lr_schedule(lrs: Sequence[float], updates_per_epoch: int, *, title: str = ""):
+    """The learning rate of every update (``lrs``: :func:`tdam.train.lr_schedule`, or
+    :func:`tdam.train.recipe.run_schedule` for a config as the trainer will run it) against the epoch, on a log
+    scale when every value is positive (warm-up start, cosine and cool-down all visible). Returns the Figure."""
     import matplotlib as mpl
     import matplotlib.pyplot as plt
 
     from tdam.evaluation.figures import PAGE_WIDTH_IN, PRINT_STYLE
-    from tdam.train.recipe import run_schedule
 
-    lrs, per_epoch = run_schedule(cfg, gpus)
+    if not lrs or updates_per_epoch < 1:
+        raise ValueError(f"nothing to plot: {len(lrs)} learning rates, {updates_per_epoch} updates per epoch")
     with mpl.rc_context(PRINT_STYLE):
         fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, PAGE_WIDTH_IN * 0.35), layout="constrained")
-        ax.plot([i / per_epoch for i in range(len(lrs))], lrs, lw=1.2)
+        ax.plot([i / updates_per_epoch for i in range(len(lrs))], lrs, lw=1.2)
         ax.set(xlabel="epoch", ylabel="learning rate", yscale="log" if min(lrs) > 0 else "linear",
-               title=f"lr schedule: {cfg.model_tag()} ({cfg.sched}, per {cfg.lr_step}, {per_epoch} updates/epoch)")
+               title=f"learning rate per update{': ' + title if title else ''} ({updates_per_epoch} updates/epoch)")
         ax.grid(alpha=0.3)
     return fig

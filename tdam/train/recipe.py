@@ -13,7 +13,9 @@ rule; :func:`tdam.train.checkpoint_config` (notebooks 01-09) calls it.
 :func:`describe_recipe` states what a config will do before anything runs (data, schedule, batch, learning rate,
 updates, device, run folder): the CLI prints it before training and alone with ``--dry-run``; notebook 01 shows it
 first. It counts the training images without reading them (file names of an ImageNet folder, or the embedded
-dataset's known size).
+dataset's known size); without the data (a ``data_dir`` that does not exist) it assumes the dataset's published size
+and says so. ``--dry-run`` (``detail=True``) adds the train and eval transforms and the lr at every epoch boundary;
+:func:`run_schedule` is the lr of every update of a config as the trainer will run it (notebook 01 plots it).
 """
 from __future__ import annotations
 

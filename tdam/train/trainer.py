@@ -2,7 +2,9 @@
 
 ``train(cfg)`` is what the CLI, notebook 01 and :func:`tdam.train.ensure_checkpoint` call. Per epoch it runs
 :func:`tdam.train.engine.train_one_epoch` and the task's evaluation, appends a row to ``metrics.csv`` /
-``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best) atomically. The run folder also holds
+``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best top-1, ``best_ema.pth`` on a new best
+EMA top-1 when ``model_ema``) atomically. The learning rate of every update comes from
+:func:`tdam.train.lr_schedule`; the CUDA settings (cuDNN autotuning, TF32) from :func:`tdam.train.state.gpu_settings`. The run folder also holds
 ``config.yaml`` (the resolved config), ``env.json`` (versions, device, precision, derived lr/batch), ``train.log``,
 ``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
 finished, and ``tb/`` (live TensorBoard curves, :mod:`tdam.train.tensorboard`).
@@ -601,7 +603,8 @@ class _Run:
                     export_safetensors(read_checkpoint(best), self.run_dir / "best.safetensors",
                                        metadata={"run": self.run_dir.name, "best": self.best})
                 summary = {"run_dir": str(self.run_dir), "final": self.history[-1] if self.history else None,
-                           "best": self.best, "best_ema": self.best_ema, "num_classes": self.num_classes, "chance_top1": 100 / self.num_classes,
+                           "best": self.best, "best_ema": self.best_ema, "num_classes": self.num_classes,
+                           "chance_top1": 100 / self.num_classes,
                            "config": cfg.to_dict(), "env": self.env}
                 (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
                 self.plot()
