@@ -13,10 +13,10 @@ DECAY = 0.7
 
 
 def _cfg(name: str, **kw):
-    return load_config(None, profile="smoke", model={"arch": "resnet18"}, data_size="tiny", img_size=32,
-                       batch_size=16, epochs=2, steps_per_epoch=3, warmup_epochs=0, sched="none", lr=0.05,
-                       val_batches=1, name=name, progress=False, model_ema=True, model_ema_decay=DECAY,
-                       tensorboard=False, **kw)
+    base = dict(model={"arch": "resnet18"}, data_size="tiny", img_size=32, batch_size=16, epochs=2, steps_per_epoch=3,
+                warmup_epochs=0, sched="none", lr=0.05, val_batches=1, name=name, progress=False, model_ema=True,
+                model_ema_decay=DECAY, tensorboard=False)
+    return load_config(None, profile="smoke", **{**base, **kw})
 
 
 def test_ema_follows_the_configured_decay_from_the_first_update(shapes_tiny):
@@ -35,3 +35,18 @@ def test_ema_follows_the_configured_decay_from_the_first_update(shapes_tiny):
         ema2 = DECAY * ema1 + (1 - DECAY) * two["model"][k]
         torch.testing.assert_close(one["model_ema"][k], ema1, rtol=1e-5, atol=1e-7, msg=f"{k} after update 1")
         torch.testing.assert_close(two["model_ema"][k], ema2, rtol=1e-5, atol=1e-7, msg=f"{k} after update 2")
+
+
+def test_best_and_best_ema_checkpoints_and_recorded_gpu_settings(shapes_tiny):
+    """As ConvNeXt's main.py: best.pth at the best top-1, best_ema.pth at the best EMA top-1, both kept; env.json
+    records the GPU settings in force (on CPU: none)."""
+    import json
+
+    res = train(_cfg("best", val_batches=2))
+    assert not res.interrupted and len(res.history) == 2
+    best_ema = read_checkpoint(res.best_ema_checkpoint)
+    top = max(res.history, key=lambda r: r["ema_val_top1"])                # first epoch of the maximum
+    assert best_ema["metrics"]["best_ema"] == {"epoch": top["epoch"], "ema_val_top1": top["ema_val_top1"]}
+    assert best_ema["epoch"] == top["epoch"] and res.best_checkpoint is not None
+    env = json.loads((res.run_dir / "env.json").read_text())
+    assert (env["cudnn_benchmark"], env["tf32"]) == (False, False)

@@ -4,10 +4,11 @@
 :func:`tdam.train.engine.train_one_epoch` and the task's evaluation, appends a row to ``metrics.csv`` /
 ``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best top-1, ``best_ema.pth`` on a new best
 EMA top-1 when ``model_ema``) atomically. The learning rate of every update comes from
-:func:`tdam.train.lr_schedule`; the CUDA settings (cuDNN autotuning, TF32) from :func:`tdam.train.state.gpu_settings`. The run folder also holds
-``config.yaml`` (the resolved config), ``env.json`` (versions, device, precision, derived lr/batch), ``train.log``,
-``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
-finished, and ``tb/`` (live TensorBoard curves, :mod:`tdam.train.tensorboard`).
+:func:`tdam.train.lr_schedule`; the CUDA settings (cuDNN autotuning, TF32) from
+:func:`tdam.train.state.gpu_settings`. The run folder also holds ``config.yaml`` (the resolved config), ``env.json``
+(versions, device, precision, GPU settings, derived lr/batch), ``train.log``, ``summary.json``, ``curves.png``/``.pdf``
+and ``best.safetensors`` (weights only, for sharing) once the run has finished, and ``tb/`` (live TensorBoard curves,
+:mod:`tdam.train.tensorboard`).
 
 Run folder: one live run per folder (``.run.lock``, :mod:`tdam.train.runlock`; a second start is refused naming the
 first one's PID and host). Before anything is written, the data's class count is checked against the model's
@@ -87,6 +88,12 @@ class RunResult:
     @property
     def best_checkpoint(self) -> Path | None:
         p = self.run_dir / "best.pth"
+        return p if p.exists() else None
+
+    @property
+    def best_ema_checkpoint(self) -> Path | None:
+        """``best_ema.pth``: the epoch of the best EMA evaluation (``model_ema`` runs), else None."""
+        p = self.run_dir / "best_ema.pth"
         return p if p.exists() else None
 
     @property
