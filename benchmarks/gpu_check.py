@@ -19,6 +19,9 @@ td_mode='joint'``):
   worker per CPU core.
 * ``gpu_decode`` (CUDA only): images/s of ``torchvision.io.decode_jpeg(..., device='cuda')`` on the same files.
 
+The whole check runs under the trainer's GPU settings of the paper recipe (``tdam.train.state.gpu_settings`` with the
+recipe's ``cudnn_benchmark`` and ``tf32``: cuDNN autotuning and TF32 on CUDA), recorded under ``meta.gpu_settings``.
+
 Order: eager models, loader, GPU decode, trainer, then the ``torch.compile`` models (the slow compiles last).
 ``--budget-s`` stops starting new measurements once that many seconds have passed (they are listed under
 ``meta.skipped``), so the check fits its time slot even where ``torch.compile`` is slow; a measurement that fails
@@ -42,6 +45,8 @@ import torch
 import torch.nn as nn
 
 import tdam
+from tdam.train.config import load_config
+from tdam.train.state import gpu_settings
 
 ARCHS = ("resnet50", "resnet18")
 TD = dict(attention="td", t=2, m=1, td_mode="joint")
@@ -370,9 +375,11 @@ def _check_finite(obj, path="") -> None:
 
 def main(argv=None) -> dict:
     c = Check(parse_args(argv))
-    torch.backends.cudnn.benchmark = True
+    recipe = load_config("resnet50_td_joint_t2_m1")     # the trainer's GPU settings of the paper recipe
     report = {"meta": environment(c)}
-    with tempfile.TemporaryDirectory(prefix="tdam-gpu-check-") as tmp:
+    with (gpu_settings(c.device, cudnn_benchmark=recipe.cudnn_benchmark, tf32=recipe.tf32) as settings,
+          tempfile.TemporaryDirectory(prefix="tdam-gpu-check-") as tmp):
+        report["meta"]["gpu_settings"] = settings
         tmp = Path(tmp)
         # cheap and required measurements first, torch.compile (slow to compile) last, within the budget
         report["models"] = measure_models(c, ("eager",))

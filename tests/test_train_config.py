@@ -138,9 +138,19 @@ def test_paper_recipes():
     assert cnx.model == {"arch": "convnext_tiny", "attention": "td", "td_mode": "joint", "t": 2, "m": 1,
                          "drop_path_rate": 0.1, "ls_init_value": 1e-6}
     assert cnx.auto_augment == "rand-m9-mstd0.5-inc1"
-    assert cnx.resolved_lr(world_size=4) == pytest.approx(4e-3 * 122 * 8 * 4 / 4096)
+    # the official lr, not scaled by the batch (ConvNeXt main.py), with ConvNeXt's warm-up-then-cosine
+    assert cnx.resolved_lr(world_size=4) == cnx.resolved_lr(world_size=1) == 4e-3
+    assert (cnx.warmup_prefix, cnx.warmup_lr, cnx.min_lr, cnx.lr_step, cnx.cooldown_epochs) == (True, 0.0, 1e-6,
+                                                                                              "update", 0)
+    # the authors' script's defaults where the paper is silent (timm_td_train.py)
+    for cfg in (r18, r50, load_config("mobilenetv3_large_100_td_joint_t2_m1")):
+        assert (cfg.lr_step, cfg.warmup_lr, cfg.min_lr, cfg.cooldown_epochs, cfg.color_jitter,
+                cfg.train_interpolation, cfg.interpolation, cfg.cudnn_benchmark) == (
+            "epoch", 1e-4, 1e-6, 10, 0.4, "random", "bilinear", True)
+    # the public README's --epochs 150 / 100, plus the script's 10 cool-down epochs
     readme = load_config(params_dir() / "imagenet" / "readme" / "resnet50_td_joint_t2_m1.yaml")
-    assert (readme.epochs, readme.mixup, readme.cutmix, readme.reprob, readme.remode) == (150, 0.7, 1.0, 0.5, "pixel")
+    assert (readme.epochs, readme.mixup, readme.cutmix, readme.reprob, readme.remode) == (160, 0.7, 1.0, 0.5, "pixel")
+    assert load_config(params_dir() / "imagenet" / "readme" / "resnet34_td_joint_t2_m1.yaml").epochs == 110
     r101_l4 = load_config("resnet101_td_joint_t2_m1_L4")
     assert r101_l4.model["td_stages"] == [4] and r101_l4.model_tag() == "resnet101_td_joint_t2_m1_L4"
 
@@ -329,3 +339,13 @@ def test_warmup_must_be_shorter_than_the_run(capsys):
     assert load_config(None, profile="smoke", epochs=1, warmup_epochs=0.5).epochs == 1
     assert main(["--profile", "smoke", "--epochs", "1", "--warmup_epochs", "1", "--print-config"]) == 2
     assert "error: warmup_epochs=1 is not shorter than the run (epochs=1)" in capsys.readouterr().err
+
+
+def test_gpu_settings_are_recorded_but_not_part_of_the_runs_identity():
+    """cudnn_benchmark and tf32 change which kernels run, not the recipe (like deterministic): the same run folder;
+    the recipe's new fields (colour jitter, interpolation, schedule shape) name another run."""
+    cfg = load_config("resnet50_td_joint_t2_m1")
+    assert config_hash(cfg) == config_hash(cfg.replace(cudnn_benchmark=False, tf32=False, deterministic=True))
+    for change in ({"color_jitter": None}, {"train_interpolation": "bilinear"}, {"lr_step": "update"},
+                   {"cooldown_epochs": 0}, {"warmup_prefix": True}):
+        assert config_hash(cfg) != config_hash(cfg.replace(**change)), change

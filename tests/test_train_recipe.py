@@ -115,7 +115,8 @@ def test_describe_recipe_states_the_resolved_recipe(imagenet_folder):
     assert lines["batch"] == "global 16 = 16 per process x 1 process x 1 accumulation step"
     assert lines["lr"].startswith(f"{0.1 * 16 / 128:.4g} (lr_base 0.1 x global batch 16 / 128)")
     assert lines["updates"] == f"{per_epoch} per epoch, {per_epoch * 160} in total"
-    assert lines["warm-up"] == "5 epochs from lr 1e-05, then cosine"
+    assert lines["warm-up"] == ("5 epochs from lr 0.0001, then cosine over 150 epochs (warm-up inside) to 1e-06, "
+                                "stepped per epoch; then 10 epochs at 1e-06")
     assert lines["device"] == "cpu" and lines["run folder"] == str(cfg.run_dir())
     capped = describe_recipe(checkpoint_config("resnet18", "td"))           # smoke: 25 of 2400 // 32 = 75
     assert "updates:     25 (capped by steps_per_epoch 25; a whole pass is 75) per epoch, 75 in total" in capped
@@ -160,3 +161,48 @@ def test_describe_recipe_says_when_the_data_is_too_small(imagenet_folder):
     cfg = checkpoint_config("resnet50", "td", None, data_dir=str(imagenet_folder))      # batch 128 > tiny train split
     assert _count_train_images(imagenet_folder) < 128
     assert "updates:     0 (too few training images for one update of the global batch 128" in describe_recipe(cfg)
+
+
+def test_dry_run_without_the_data_assumes_imagenets_size_and_shows_transforms_and_lrs(tmp_path, capsys):
+    from tdam.train.cli import main
+
+    missing = tmp_path / "no-imagenet-here"
+    assert main(["--config", "resnet50_td_joint_t2_m1", "--data_dir", str(missing), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (f"1281167 training images (assumed: ImageNet-1k's 1,281,167 training images; {missing} does not exist)"
+            in out)
+    assert "updates:     10009 per epoch, 1601440 in total" in out              # 1281167 // 128
+    train_part = out[out.index("train transform:"):out.index("eval transform:")]
+    assert "interpolation=bilinear bicubic" in train_part and "ColorJitter(brightness=(0.6, 1.4)" in train_part
+    eval_part = out[out.index("eval transform:"):out.index("lr at the first update")]
+    assert "Resize(size=256, interpolation=bilinear" in eval_part and "CenterCrop(size=(224, 224))" in eval_part
+    lrs = dict(cell.split(": ") for line in out[out.index("lr at the first update"):].splitlines()[1:]
+               for cell in line.strip().split(", "))
+    assert len(lrs) == 160 and lrs["1"] == "0.0001" and lrs["2"] == "0.02008" and lrs["151"] == lrs["160"] == "1e-06"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_explain_names_the_source_of_every_field(capsys):
+    from dataclasses import fields
+
+    from tdam.train.cli import main
+
+    assert main(["--config", "resnet50_td_joint_t2_m1", "--epochs", "170", "--explain"]) == 0
+    lines = {line.split(":", 1)[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(lines) == {f.name for f in fields(TrainConfig)}
+    assert "[authors' script] --warmup-lr default 1e-4 (timm_td_train.py L141)" in lines["warmup_lr"]
+    assert "[paper]" in lines["weight_decay"] and "[tdam]" in lines["amp"] and "bf16" in lines["amp"]
+    assert ("[override] not the recipe's value (recipe: 160): set by the profile 'paper' or an override"
+            in lines["epochs"])
+    assert main(["--config", "convnext_tiny_td_joint_t2_m1", "--explain"]) == 0
+    lines = {line.split(":", 1)[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "[official code]" in lines["lr"] and "not scaled" in lines["lr"]
+    assert "[official code]" in lines["warmup_prefix"] and "[official code]" in lines["model_ema"]
+
+
+def test_readme_has_the_provenance_tables():
+    from tdam.train.provenance import provenance_table
+
+    readme = (repo_root() / "README.md").read_text()
+    for family in ("resnet", "convnext"):
+        assert provenance_table(family) in readme, f"README: regenerate the {family} table (provenance_table)"

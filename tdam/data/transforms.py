@@ -2,8 +2,10 @@
 
 * ``'imagenet'`` (timm's ``create_transform``; ImageNet training and evaluation): train = RandomResizedCrop(img_size,
   scale=(0.08, 1)) + horizontal flip 0.5 (+ RandAugment via ``auto_augment='rand-m9-mstd0.5-inc1'``, + RandomErasing
-  ``re_prob`` 'pixel' mode, + optional colour jitter; none by default, as the paper's ResNet recipe) + ImageNet
-  normalisation; eval = Resize(floor(img_size / crop_pct)) on the shorter side (bilinear) + CentreCrop(img_size):
+  ``re_prob`` 'pixel' mode, + optional colour jitter ``color_jitter``: ColorJitter(brightness, contrast, saturation)
+  when no ``auto_augment`` is given, as timm) + ImageNet normalisation; the training crop's interpolation may be
+  ``'random'`` (bilinear or bicubic, drawn per image: timm's default ``--train-interpolation`` of the authors'
+  script); eval = Resize(floor(img_size / crop_pct)) on the shorter side (bilinear) + CentreCrop(img_size):
   256 -> 224 at the default, and the test-resolution variants res / 0.875 -> res for any ``img_size``.
 * ``'wsdan'`` (WS-DAN's ``utils.get_transform`` generalised from 448; fine-grained transfer): train = Resize((s, s))
   with s = int(img_size / crop_pct) (aspect ignored; 448 -> 512) + RandomCrop(img_size) + flip + ColorJitter(
@@ -22,10 +24,12 @@ import torch
 
 from tdam.validation import check_choice, check_int, check_number
 
-__all__ = ["build_transform", "CutoutPIL", "PRESETS", "INTERPOLATIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["build_transform", "CutoutPIL", "PRESETS", "INTERPOLATIONS", "TRAIN_INTERPOLATIONS", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 PRESETS = ("imagenet", "wsdan", "asl")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+TRAIN_INTERPOLATIONS = (*INTERPOLATIONS, "random")   # 'random': the 'imagenet' preset's training crop only
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _TRAIN_WORDS = {"train": True, "val": False, "eval": False, "test": False}
@@ -84,7 +88,8 @@ def build_transform(train: bool | str | None = None, img_size: int = 224, *, kin
     non-empty value other than ``'none'`` keeps torchvision's RandAugment (on by default there)."""
     is_train = _as_train(train, kind)
     check_choice("preset", preset, PRESETS)
-    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    random_ok = is_train and preset == "imagenet"
+    check_choice("interpolation", interpolation, TRAIN_INTERPOLATIONS if random_ok else INTERPOLATIONS)
     check_int("img_size", img_size, 1)
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
@@ -93,7 +98,7 @@ def build_transform(train: bool | str | None = None, img_size: int = 224, *, kin
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
-    mode = InterpolationMode(interpolation)
+    mode = None if interpolation == "random" else InterpolationMode(interpolation)
     tail = [T.ToTensor()] + ([T.Normalize(mean=list(mean), std=list(std))] if normalize else [])
 
     if preset == "imagenet":

@@ -5,6 +5,9 @@
   overlays, overrides).
 - :mod:`tdam.train.recipe`: which params file and profile a request gets (:func:`recipe_for`,
   :func:`resolve_profile`) and :func:`describe_recipe`, the resolved recipe in words.
+- :mod:`tdam.train.schedule`: :func:`lr_schedule`, the lr of every update of a run; :mod:`tdam.train.transforms`:
+  :func:`build_transforms`, its train and eval transforms; :mod:`tdam.train.provenance`: where each recipe value
+  comes from (:func:`explain_config`, ``--explain``).
 - :mod:`tdam.train.engine`: the training step (:func:`train_one_epoch`), :func:`evaluate`, the pluggable
   :class:`Task` (default :class:`ClassificationTask`).
 - :mod:`tdam.train.trainer`: :func:`train` - a whole run: checkpoints, resume, signals, metrics files.
@@ -23,13 +26,14 @@ from tdam._lazy import lazy_attributes
 
 _EXPORTS = {   # public name -> the module that defines it
     "TrainConfig": "config", "load_config": "config",
-    "recipe_for": "recipe", "resolve_profile": "recipe", "describe_recipe": "recipe",
+    "recipe_for": "recipe", "resolve_profile": "recipe", "describe_recipe": "recipe", "run_schedule": "recipe",
+    "lr_schedule": "schedule", "build_transforms": "transforms", "explain_config": "provenance",
     "train": "trainer", "build_model": "trainer", "RunResult": "trainer",
     "run_training": "launch", "check_gpus": "launch",
     "ensure_checkpoint": "cache", "checkpoint_config": "cache", "ensure_run": "cache", "find_checkpoint": "cache",
     "Task": "engine", "ClassificationTask": "engine", "EvalContext": "engine", "TrainState": "engine",
     "NonFiniteLossError": "engine", "train_one_epoch": "engine", "evaluate": "engine",
-    "plot_curves": "plots", "read_metrics": "plots",
+    "plot_curves": "plots", "read_metrics": "plots", "plot_lr_schedule": "plots",
 }
 __all__ = list(_EXPORTS)
 

@@ -7,6 +7,7 @@ Examples::
     torchrun --standalone --nproc_per_node 4 -m tdam.train --config <yaml> --data_dir /data/imagenet
     python -m tdam.train --config <yaml> --resume true                             # continue the run (see below)
     python -m tdam.train --config <yaml> --print-config                            # show the resolved config
+    python -m tdam.train --config resnet50_td_joint_t2_m1 --explain                # ... with each value's source
     python -m tdam.train --config resnet50_td_joint_t2_m1 --data_dir /data/imagenet --dry-run   # the recipe only
 
 ``--key value`` sets any :class:`~tdam.train.config.TrainConfig` field; values are read as YAML (``--lr 0.4``,
@@ -65,8 +66,11 @@ OPTIONS = (   # the CLI's own options: (flag, metavar or None for a switch, mean
     ("--config", "YAML", "params YAML (a path, or a name under params/imagenet/)"),
     ("--profile", "NAME", "overlay under params/profiles/ (e.g. smoke: embedded data on CPU; paper: none)"),
     ("--print-config", None, "print the resolved config and exit"),
-    ("--dry-run", None, "print the resolved recipe (data, epochs, batch, lr, updates, device, run folder) and exit "
-                        "without training or reading the data"),
+    ("--explain", None, "print the resolved config with the source of every value (the paper, the authors' script "
+                        "or the official code, tdam's choice, an override) and exit"),
+    ("--dry-run", None, "print the resolved recipe (data, epochs, batch, lr, updates, device, run folder), the train "
+                        "and eval transforms and the lr at each epoch, and exit without training or reading the data "
+                        "(without the data: the dataset's published size, said so)"),
 )
 
 
@@ -195,6 +199,7 @@ class _TrainCommand:
         from tdam.train.cache import run_result
         from tdam.train.config import load_config
         from tdam.train.lineage import holds_request, resolve_run
+        from tdam.train.provenance import explain_config
         from tdam.train.recipe import describe_recipe, resolve_profile
         from tdam.train.trainer import train
 
@@ -207,9 +212,13 @@ class _TrainCommand:
             if main_process:
                 print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return errors.EXIT_OK
+        if args.explain:
+            if main_process:
+                print(explain_config(cfg))
+            return errors.EXIT_OK
         self.run_dir = cfg.run_dir()
         if main_process:
-            print(describe_recipe(cfg, gpus=None), flush=True)
+            print(describe_recipe(cfg, gpus=None, detail=args.dry_run), flush=True)
         if args.dry_run:
             return errors.EXIT_OK
         resolved = resolve_run(cfg, create=False)              # the folder: a continued run's own (lineage)

@@ -23,7 +23,8 @@ device, so the trainer accepts exactly what ``create_model`` accepts. ``base:`` 
 Learning rate follows the paper's rule "0.1 per 128 images, scaled linearly with the global batch": leave ``lr``
 unset and give ``lr_base``/``lr_base_size``; the global batch is ``batch_size`` (per process) x processes x
 ``accum_steps``. A warm-up must be shorter than the run (``warmup_epochs < epochs``, checked on the final config,
-so a resume that raises ``epochs`` is judged by the new length).
+so a resume that raises ``epochs`` is judged by the new length), and warm-up plus cool-down must leave an epoch of
+the schedule. The schedule's shape (``lr_step``, ``warmup_prefix``, ``cooldown_epochs``): :mod:`tdam.train.schedule`.
 
 Each field's group and one-line meaning live in its metadata (:data:`GROUPS`, ``help``, ``choices``), the one
 description ``python -m tdam.train --help`` prints. Importing this module loads neither torch nor timm (the checks
@@ -54,6 +55,8 @@ AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "constant", "none")
 REMODES = ("pixel", "const", "rand")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+TRAIN_INTERPOLATIONS = (*INTERPOLATIONS, "random")   # random: bilinear or bicubic per image (timm)
+LR_STEPS = ("epoch", "update")   # when the learning rate changes (tdam.train.schedule)
 DATA_SIZES = ("default", "tiny")
 TRAIN_ON = ("last", "most_confident")   # which computation step's logits a TD model is trained on (engine)
 RUNS_SUBDIR = IMAGENET_KIND   # runs/<this>/<run name>: the ImageNet runs
@@ -63,13 +66,14 @@ DEFAULT_MODEL = {"arch": "resnet18"}   # the model a config gets when no file na
 NON_SEMANTIC = frozenset({
     "name", "output_dir", "resume", "workers", "progress", "log_interval", "device", "compile",
     "checkpoint_every_steps", "profile", "deterministic", "tensorboard", "wandb",
+    "cudnn_benchmark", "tf32",   # like deterministic: which kernels run, not what is computed (up to rounding)
 })
 # Fields of the schedule: they change what is learned, so they are part of a run's identity, but a resume may change
 # them: ``--resume true --epochs 200`` on a finished 110-epoch run makes a NEW 200-epoch run that continues it from
 # its last state and names it as its parent (tdam.train.lineage); the 110-epoch run is left as it is.
 SCHEDULE_FIELDS = frozenset({
     "epochs", "lr", "lr_base", "lr_base_size", "sched", "warmup_epochs", "warmup_lr", "min_lr", "steps_per_epoch",
-    "val_batches",
+    "val_batches", "lr_step", "cooldown_epochs", "warmup_prefix",
 })
 
 
@@ -98,9 +102,11 @@ def _field(group: str, default: Any = dataclasses.MISSING, help: str = "", *,
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; defaults are the paper's ResNet-18 ImageNet recipe (SGD, lr 0.1 per 128
-    images, cosine after 5 warm-up epochs, label smoothing 0.1, 110 epochs: supplement §1.1). Each field's meaning
-    is in its metadata (``help``), shown by ``python -m tdam.train --help``."""
+    """Everything a training run needs. The defaults are a plain per-update timm-style recipe (SGD, lr 0.1 per 128
+    images, 5 warm-up epochs inside a per-update cosine to 0, label smoothing 0.1, 110 epochs); the paper's recipes,
+    as the authors ran them (per-epoch steps, cool-down, colour jitter, ...), are the files
+    ``params/imagenet/_recipe_*.yaml``, and :mod:`tdam.train.provenance` says where each of their values comes from.
+    Each field's meaning is in its metadata (``help``), shown by ``python -m tdam.train --help``."""
 
     # --- run ---
     name: str | None = _field("run", None, "run folder name; null: <model tag>[-<train_on>]-<profile>-e<epochs>-<hash "
@@ -123,12 +129,18 @@ class TrainConfig:
                             choices=DATA_SIZES)
     img_size: int = _field("data", 224, "training crop and validation image size (px)")
     crop_pct: float = _field("data", 0.875, "validation: resize img_size/crop_pct, centre crop img_size")
-    interpolation: str = _field("data", "bilinear", "resize interpolation", choices=INTERPOLATIONS)
+    interpolation: str = _field("data", "bilinear", "resize interpolation (evaluation; training too unless "
+                                                    "train_interpolation is set)", choices=INTERPOLATIONS)
+    train_interpolation: str | None = _field("data", None, "training crop interpolation; random: bilinear or "
+                                                           "bicubic per image (timm); null: interpolation",
+                                             choices=(None, *TRAIN_INTERPOLATIONS))
     scale: list[float] = _field("data", help="RandomResizedCrop area range [min, max]",
                                 factory=lambda: [0.08, 1.0])
     hflip: float = _field("data", 0.5, "horizontal flip probability")
     auto_augment: str | None = _field("data", None, "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 "
                                                     "(ConvNeXt); null: none")
+    color_jitter: float | None = _field("data", None, "colour jitter factor for brightness, contrast and "
+                                                      "saturation (timm; not applied with auto_augment); null: none")
     reprob: float = _field("data", 0.0, "random erasing probability")
     remode: str = _field("data", "pixel", "random erasing mode", choices=REMODES)
     skip_bad_images: bool = _field("data", False, "skip and count unreadable images instead of failing on the "
@@ -145,11 +157,18 @@ class TrainConfig:
     lr_base_size: int = _field("optimisation", 128, "global batch that lr_base is given for")
     momentum: float = _field("optimisation", 0.9, "optimizer momentum")
     weight_decay: float = _field("optimisation", 1e-4, "weight decay")
-    sched: str = _field("optimisation", "cosine", "per-update learning-rate schedule after the warm-up",
+    sched: str = _field("optimisation", "cosine", "learning-rate schedule after the warm-up (tdam.train.lr_schedule)",
                         choices=SCHEDULERS)
+    lr_step: str = _field("optimisation", "update", "when the lr changes: every update, or once per epoch (the "
+                                                    "authors' timm script)", choices=LR_STEPS)
     warmup_epochs: float = _field("optimisation", 5, "linear warm-up length in epochs (less than epochs)")
     warmup_lr: float = _field("optimisation", 1e-5, "learning rate the warm-up starts from")
+    warmup_prefix: bool = _field("optimisation", False, "true: the warm-up precedes the cosine, which spans the "
+                                                        "remaining epochs (ConvNeXt's utils.cosine_scheduler); false: "
+                                                        "the warm-up is inside it (timm)")
     min_lr: float = _field("optimisation", 0.0, "learning rate the schedule ends at")
+    cooldown_epochs: int = _field("optimisation", 0, "the last epochs of the run at min_lr, after the schedule "
+                                                     "(timm's --cooldown-epochs; counted in epochs)")
     smoothing: float = _field("optimisation", 0.1, "label smoothing")
     mixup: float = _field("optimisation", 0.0, "mixup alpha (0: off)")
     cutmix: float = _field("optimisation", 0.0, "cutmix alpha (0: off)")
@@ -163,6 +182,10 @@ class TrainConfig:
     channels_last: bool | None = _field("performance", None, "channels-last memory format; null: on CUDA only")
     compile: bool = _field("performance", False, "torch.compile the model")
     deterministic: bool = _field("performance", False, "GPU: deterministic algorithms, no cuDNN autotuning")
+    cudnn_benchmark: bool = _field("performance", True, "CUDA: cuDNN autotuning (torch.backends.cudnn.benchmark), "
+                                                        "as the authors' script; off under deterministic")
+    tf32: bool = _field("performance", True, "CUDA: TF32 tensor cores for float32 matmuls and convolutions outside "
+                                             "autocast (PyTorch's defaults of the authors' time)")
     # --- limits, logging, checkpoints ---
     steps_per_epoch: int | None = _field("logging", None, "cap on optimizer updates per epoch (smoke runs); null: "
                                                           "the whole training set")
@@ -208,6 +231,8 @@ class TrainConfig:
         check_choice("sched", self.sched, SCHEDULERS)
         check_choice("remode", self.remode, REMODES)
         check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_choice("train_interpolation", self.train_interpolation, (None, *TRAIN_INTERPOLATIONS))
+        check_choice("lr_step", self.lr_step, LR_STEPS)
         check_choice("train_on", self.train_on, TRAIN_ON)
         if self.train_on == "most_confident" and self.model.get("attention") != "td":
             raise ValueError("train_on='most_confident' needs a TD model (model.attention: td): it trains on the most "
@@ -225,12 +250,21 @@ class TrainConfig:
         for name in ("lr_base", "momentum", "weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "mixup",
                      "cutmix"):
             check_number(name, getattr(self, name), 0.0)
+        check_number("color_jitter", self.color_jitter, 0.0, optional=True)
+        check_int("cooldown_epochs", self.cooldown_epochs, 0)
         check_number("crop_pct", self.crop_pct, 0.05, 1.0)
         check_number("lr", self.lr, 0.0, optional=True)
         if self.sched != "none" and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs:g} is not shorter than the run (epochs="
                              f"{self.epochs}): the learning rate would never leave the warm-up; give warmup_epochs "
                              f"< epochs (e.g. warmup_epochs: 0 for a run this short)")
+        if self.sched != "none" and self.warmup_epochs + self.cooldown_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs:g} + cooldown_epochs={self.cooldown_epochs} leave no "
+                             f"epoch of the schedule in a run of epochs={self.epochs}; give fewer warm-up or "
+                             f"cool-down epochs (cooldown_epochs: 0 for a run this short)")
+        if self.warmup_prefix and self.sched != "cosine":
+            raise ValueError(f"warmup_prefix=true is ConvNeXt's warm-up-then-cosine (utils.cosine_scheduler): it needs "
+                             f"sched='cosine', not {self.sched!r}")
         if (not isinstance(self.scale, (list, tuple)) or len(self.scale) != 2
                 or not 0 < float(self.scale[0]) <= float(self.scale[1]) <= 1):
             raise ValueError(f"scale={self.scale!r}: expected [min_area, max_area] with 0 < min <= max <= 1")
@@ -241,7 +275,8 @@ class TrainConfig:
             raise ValueError(f"resume={self.resume!r}: expected true/false or a checkpoint path")
         for name in ("channels_last", "progress"):
             check_bool(name, getattr(self, name), optional=True)
-        for name in ("compile", "model_ema", "skip_bad_images", "deterministic", "tensorboard", "wandb"):
+        for name in ("compile", "model_ema", "skip_bad_images", "deterministic", "tensorboard", "wandb",
+                     "warmup_prefix", "cudnn_benchmark", "tf32"):
             check_bool(name, getattr(self, name))
         if self.wandb and importlib.util.find_spec("wandb") is None:
             raise ValueError("wandb: true needs the optional Weights & Biases package: pip install 'tdam[wandb]'")

@@ -81,15 +81,12 @@ def data_root(cfg: TrainConfig) -> Path:
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Any, Any]:
-    """(train, val) datasets with the recipe's transforms (RandomResizedCrop + flip [+ RandAugment, erasing] for
-    training; resize img_size/crop_pct + centre crop for validation)."""
-    from tdam.data import build_dataset, build_transform
+    """(train, val) datasets with the recipe's transforms (:func:`tdam.train.transforms.build_transforms`)."""
+    from tdam.data import build_dataset
+    from tdam.train.transforms import build_transforms
 
     root = data_root(cfg)
-    train_tf = build_transform("train", img_size=cfg.img_size, scale=tuple(cfg.scale), hflip=cfg.hflip,
-                               auto_augment=cfg.auto_augment, re_prob=cfg.reprob, re_mode=cfg.remode,
-                               interpolation=cfg.interpolation)
-    val_tf = build_transform("val", img_size=cfg.img_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+    train_tf, val_tf = build_transforms(cfg)
     policy = "skip" if cfg.skip_bad_images else "raise"
     stream = {"seed": cfg.seed} if cfg.dataset == "imagenet_wds" else {}   # read after init_distributed: rank, world
     train_set = build_dataset(cfg.dataset, root, "train", transform=train_tf, on_bad_image=policy, **stream)

@@ -244,7 +244,7 @@ def train_one_epoch(state: TrainState, task: Task, loader: Iterable, ctx: EvalCo
             state.step += 1
             state.epoch_step += 1
             if state.ema is not None:
-                state.ema.update(unwrap_model(model), step=state.step)
+                state.ema.update(unwrap_model(model))     # the configured decay from update 1 (build_ema)
             if state.scheduler is not None:
                 state.scheduler.step_update(num_updates=state.step)
         t_mark = time.perf_counter()

@@ -33,7 +33,7 @@ import yaml
 
 from tdam.checkpoint import read_checkpoint
 from tdam.errors import ConfigError, ResumeMismatchError
-from tdam.runs import (BEST_FILE, LAST_FILE, RunLock, file_digest, folder_name, link_file, plain_json,
+from tdam.runs import (BEST_EMA_FILE, BEST_FILE, LAST_FILE, RunLock, file_digest, folder_name, link_file, plain_json,
                        read_record, run_identity, run_state, write_record)
 from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 
@@ -165,7 +165,8 @@ def resolve_run(cfg: TrainConfig, *, create: bool = True) -> TrainConfig:
         if not (folder / LAST_FILE).is_file():
             write_record(folder, identity=identity, kind=folder.parent.name, request=semantic_config(cfg),
                          parent=parent)
-            if last.name == LAST_FILE and (last.parent / BEST_FILE).is_file():   # a run folder's best too
-                link_file(last.parent / BEST_FILE, folder / BEST_FILE)
+            for best in (BEST_FILE, BEST_EMA_FILE):    # a run folder's bests too
+                if last.name == LAST_FILE and (last.parent / best).is_file():
+                    link_file(last.parent / best, folder / best)
             link_file(last, folder / LAST_FILE)        # last: the folder's checkpoint marks the run as started
     return child

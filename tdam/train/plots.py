@@ -1,4 +1,5 @@
-"""Training curves (loss, top-1/top-5 per epoch) from a run's ``metrics.jsonl``, saved as PNG + PDF under figures/."""
+"""Training curves (loss, top-1/top-5 per epoch) from a run's ``metrics.jsonl``, saved as PNG + PDF under figures/;
+the learning rate of every update of a config (:func:`plot_lr_schedule`)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from typing import Any, Sequence
 
 from tdam.paths import figures_dir
 
-__all__ = ["read_metrics", "plot_curves"]
+__all__ = ["read_metrics", "plot_curves", "plot_lr_schedule"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -64,4 +65,24 @@ def plot_curves(history: Sequence[dict[str, Any]] | str | Path, *, title: str = 
         out = Path(folder) if folder is not None else figures_dir()
         for ext in ("png", "pdf"):
             fig.savefig(out / f"{save_as}.{ext}", bbox_inches="tight", dpi=150)
+    return fig
+
+
+def plot_lr_schedule(lrs: Sequence[float], updates_per_epoch: int, *, title: str = ""):
+    """The learning rate of every update (``lrs``: :func:`tdam.train.lr_schedule`, or
+    :func:`tdam.train.recipe.run_schedule` for a config as the trainer will run it) against the epoch, on a log
+    scale when every value is positive (warm-up start, cosine and cool-down all visible). Returns the Figure."""
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    from tdam.evaluation.figures import PAGE_WIDTH_IN, PRINT_STYLE
+
+    if not lrs or updates_per_epoch < 1:
+        raise ValueError(f"nothing to plot: {len(lrs)} learning rates, {updates_per_epoch} updates per epoch")
+    with mpl.rc_context(PRINT_STYLE):
+        fig, ax = plt.subplots(figsize=(PAGE_WIDTH_IN, PAGE_WIDTH_IN * 0.35), layout="constrained")
+        ax.plot([i / updates_per_epoch for i in range(len(lrs))], lrs, lw=1.2)
+        ax.set(xlabel="epoch", ylabel="learning rate", yscale="log" if min(lrs) > 0 else "linear",
+               title=f"learning rate per update{': ' + title if title else ''} ({updates_per_epoch} updates/epoch)")
+        ax.grid(alpha=0.3)
     return fig

@@ -13,7 +13,9 @@ rule; :func:`tdam.train.checkpoint_config` (notebooks 01-09) calls it.
 :func:`describe_recipe` states what a config will do before anything runs (data, schedule, batch, learning rate,
 updates, device, run folder): the CLI prints it before training and alone with ``--dry-run``; notebook 01 shows it
 first. It counts the training images without reading them (file names of an ImageNet folder, or the embedded
-dataset's known size).
+dataset's known size); without the data (a ``data_dir`` that does not exist) it assumes the dataset's published size
+and says so. ``--dry-run`` (``detail=True``) adds the train and eval transforms and the lr at every epoch boundary;
+:func:`run_schedule` is the lr of every update of a config as the trainer will run it (notebook 01 plots it).
 """
 from __future__ import annotations
 
@@ -26,12 +28,16 @@ from tdam.paths import params_dir
 from tdam.train.config import TrainConfig, model_tag
 
 __all__ = ["AUTO_PROFILES", "resolve_profile", "recipe_for", "train_images", "updates_per_epoch",
-           "describe_recipe"]
+           "describe_recipe", "run_schedule", "KNOWN_TRAIN_IMAGES"]
 
 #: what ``profile=None`` resolves to: on the embedded data, and on real data (a ``data_dir``)
 AUTO_PROFILES = {"embedded": "smoke", "real": "paper"}
 _IMAGENET_DIR = "imagenet"                        # params/imagenet/: the Table 1 files and their recipes
 _IMAGENET_KINDS = ("imagenet", "imagenet_wds", "imagenet_parquet")   # formats of the same ImageNet (embedded) data
+#: training images of each dataset's published training split, assumed by a dry run when its data_dir is absent
+KNOWN_TRAIN_IMAGES = {"imagenet": (1_281_167, "ImageNet-1k's"), "imagenet_wds": (1_281_167, "ImageNet-1k's"),
+                      "imagenet_parquet": (1_281_167, "ImageNet-1k's"), "cub200": (5_994, "CUB-200-2011's"),
+                      "stanford_dogs": (12_000, "Stanford Dogs'"), "coco2014": (82_783, "COCO 2014's")}
 
 
 def resolve_profile(profile: str | None, data_dir: str | os.PathLike | None) -> str:
@@ -109,13 +115,25 @@ def _epochs(n: float) -> str:
     return f"{n:g} epoch" + ("" if n == 1 else "s")
 
 
-def describe_recipe(cfg: TrainConfig, gpus: int | None = 0) -> str:
+def _train_images_or_assumed(cfg: TrainConfig) -> tuple[int, str]:
+    """(training images, note): counted when the data is there; else the dataset's published training-split size,
+    with a note saying it was assumed."""
+    if cfg.data_dir is not None and not Path(cfg.data_dir).expanduser().exists() and cfg.dataset in KNOWN_TRAIN_IMAGES:
+        n, whose = KNOWN_TRAIN_IMAGES[cfg.dataset]
+        return n, f" (assumed: {whose} {n:,} training images; {cfg.data_dir} does not exist)"
+    return train_images(cfg), ""
+
+
+def describe_recipe(cfg: TrainConfig, gpus: int | None = 0, *, detail: bool = False) -> str:
     """The resolved recipe of ``cfg`` in a few lines: model, data, profile, schedule, global batch, learning rate
     (and its rule), image size, updates per epoch (capped or not) and in total, warm-up, device and run folder.
     ``gpus``: as ``tdam.train.run_training`` takes it (0: CPU, 1: one GPU, N: torchrun on N GPUs); None: the
-    config's own ``device`` in the processes the launcher started (the CLI). Reads no image and builds nothing."""
+    config's own ``device`` in the processes the launcher started (the CLI). Reads no image and builds nothing.
+    Without the data (a ``data_dir`` that does not exist) it assumes the dataset's published training-split size
+    (:data:`KNOWN_TRAIN_IMAGES`) and says so. ``detail=True`` (``--dry-run``) adds the train and eval transforms
+    (:func:`tdam.train.build_transforms`) and the lr at every epoch boundary (:func:`tdam.train.lr_schedule`)."""
     device, world = _devices(cfg, gpus)
-    images = train_images(cfg)
+    images, assumed = _train_images_or_assumed(cfg)
     updates, uncapped = updates_per_epoch(cfg, images, world)
     global_batch = cfg.global_batch(world)
     lr = cfg.resolved_lr(world)
@@ -130,10 +148,14 @@ def describe_recipe(cfg: TrainConfig, gpus: int | None = 0) -> str:
     else:
         per_epoch = f"{updates}"
     warmup = (f"{_epochs(cfg.warmup_epochs)} from lr {cfg.warmup_lr:g}, then {cfg.sched}"
+              + (f" over the remaining {_epochs(cfg.epochs - cfg.cooldown_epochs - cfg.warmup_epochs)}"
+                 if cfg.warmup_prefix else f" over {_epochs(cfg.epochs - cfg.cooldown_epochs)} (warm-up inside)")
+              + f" to {cfg.min_lr:g}, stepped per {cfg.lr_step}"
+              + (f"; then {_epochs(cfg.cooldown_epochs)} at {cfg.min_lr:g}" if cfg.cooldown_epochs else "")
               if cfg.sched != "none" else "none (sched: none, constant lr)")
     lines = [
         f"model:       {cfg.model_tag()}  {cfg.model}",
-        f"data:        {data}; {images} training images",
+        f"data:        {data}; {images} training images{assumed}",
         f"profile:     {cfg.profile or 'none (the config as given)'}",
         f"epochs:      {cfg.epochs}",
         f"batch:       global {global_batch} = {cfg.batch_size} per process x {world} process"
@@ -145,4 +167,35 @@ def describe_recipe(cfg: TrainConfig, gpus: int | None = 0) -> str:
         f"device:      {device}" + (f" x {world}" if world > 1 else ""),
         f"run folder:  {cfg.run_dir()}",
     ]
+    if detail:
+        lines += _details(cfg, updates, world)
     return "\n".join(lines)
+
+
+def run_schedule(cfg: TrainConfig, gpus: int | None = 0) -> tuple[list[float], int]:
+    """``(lr of every update, updates per epoch)`` of ``cfg`` as the trainer will run it (``gpus`` as in
+    :func:`describe_recipe`; without the data, the dataset's published size). Reads no image."""
+    from tdam.train.schedule import lr_schedule
+
+    _, world = _devices(cfg, gpus)
+    updates, _ = updates_per_epoch(cfg, _train_images_or_assumed(cfg)[0], world)
+    if updates < 1:
+        raise ValueError(f"no update per epoch: too few training images for the global batch {cfg.global_batch(world)}")
+    return lr_schedule(cfg, updates, world), updates
+
+
+def _details(cfg: TrainConfig, updates: int, world: int) -> list[str]:
+    """The train and eval transforms and the lr at each epoch's first update."""
+    from tdam.train.schedule import epoch_start_lrs, lr_schedule
+    from tdam.train.transforms import build_transforms
+
+    train_tf, eval_tf = build_transforms(cfg)
+    out = ["train transform:", *(f"  {line.removeprefix('    ')}" for line in repr(train_tf).splitlines()[1:-1]),
+           "eval transform:", *(f"  {line.removeprefix('    ')}" for line in repr(eval_tf).splitlines()[1:-1])]
+    if updates < 1:
+        return out + ["lr per epoch: none (no update)"]
+    starts = epoch_start_lrs(lr_schedule(cfg, updates, world), updates)
+    cells = [f"{e + 1}: {lr:.4g}" for e, lr in enumerate(starts)]
+    out.append("lr at the first update of each epoch:")
+    out += [f"  {', '.join(cells[i:i + 8])}" for i in range(0, len(cells), 8)]
+    return out

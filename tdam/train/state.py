@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 __all__ = ["ResumableSampler", "ShardSampler", "rng_state", "set_rng_state", "versions", "seed_everything",
-           "sample_seed", "sample_rng", "deterministic_algorithms"]
+           "sample_seed", "sample_rng", "deterministic_algorithms", "gpu_settings"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -129,6 +129,36 @@ def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]
         if previous[4] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextmanager
+def gpu_settings(device: torch.device, *, cudnn_benchmark: bool = True, tf32: bool = True
+                 ) -> Iterator[dict[str, bool]]:
+    """The CUDA settings of a run (fields ``cudnn_benchmark`` and ``tf32``), restored afterwards. Yields what is in
+    force, recorded in the run's ``env.json``; on a CPU device nothing changes and both are reported off.
+
+    - ``cudnn_benchmark``: cuDNN times the convolution algorithms for each new input shape and keeps the fastest
+      (``torch.backends.cudnn.benchmark = True``), as the authors' script does unconditionally
+      (``training_and_analysis_scripts/timm_td_train.py`` line 47) and ConvNeXt's ``main.py`` (line 213). The
+      trainer passes it off under ``deterministic: true``.
+    - ``tf32``: float32 matmuls and convolutions outside autocast may use TF32 tensor cores (Ampere and later):
+      ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32``. Both were on by default in
+      the PyTorch of the authors' time (matmul TF32 until PyTorch 1.12; convolutions still); false keeps full fp32.
+
+    Neither changes what is computed beyond rounding and the order of reductions, so neither is part of a run's
+    identity (like ``deterministic``); ``benchmarks/gpu_check.py`` measures under the same settings."""
+    if device.type != "cuda":
+        yield {"cudnn_benchmark": False, "tf32": False}
+        return
+    previous = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+                torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield {"cudnn_benchmark": cudnn_benchmark, "tf32": tf32}
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = previous
 
 
 def rng_state() -> dict[str, Any]:

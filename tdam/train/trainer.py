@@ -2,10 +2,13 @@
 
 ``train(cfg)`` is what the CLI, notebook 01 and :func:`tdam.train.ensure_checkpoint` call. Per epoch it runs
 :func:`tdam.train.engine.train_one_epoch` and the task's evaluation, appends a row to ``metrics.csv`` /
-``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best) atomically. The run folder also holds
-``config.yaml`` (the resolved config), ``env.json`` (versions, device, precision, derived lr/batch), ``train.log``,
-``summary.json``, ``curves.png``/``.pdf`` and ``best.safetensors`` (weights only, for sharing) once the run has
-finished, and ``tb/`` (live TensorBoard curves, :mod:`tdam.train.tensorboard`).
+``metrics.jsonl`` and writes ``last.pth`` (and ``best.pth`` on a new best top-1, ``best_ema.pth`` on a new best
+EMA top-1 when ``model_ema``) atomically. The learning rate of every update comes from
+:func:`tdam.train.lr_schedule`; the CUDA settings (cuDNN autotuning, TF32) from
+:func:`tdam.train.state.gpu_settings`. The run folder also holds ``config.yaml`` (the resolved config), ``env.json``
+(versions, device, precision, GPU settings, derived lr/batch), ``train.log``, ``summary.json``, ``curves.png``/``.pdf``
+and ``best.safetensors`` (weights only, for sharing) once the run has finished, and ``tb/`` (live TensorBoard curves,
+:mod:`tdam.train.tensorboard`).
 
 Run folder (:mod:`tdam.runs`): one live run per folder (its one lock, ``.lock``, :mod:`tdam.runs.lock`; a second
 start is refused naming the first one's PID and host); ``run.json`` records the run's identity and, for a run that
@@ -51,7 +54,7 @@ import yaml
 
 import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
-from tdam.runs import (BEST_FILE, LAST_FILE, RunLock, link_file, read_record, write_json_atomic, write_record,
+from tdam.runs import (BEST_EMA_FILE, BEST_FILE, LAST_FILE, RunLock, link_file, read_record, write_json_atomic, write_record,
                        write_text_atomic)
 from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 from tdam.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
@@ -59,10 +62,12 @@ from tdam.train.lineage import resolve_run
 from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from tdam.train.engine import ClassificationTask, EpochMeter, EvalContext, Task, TrainState, train_one_epoch
-from tdam.train.state import deterministic_algorithms, rng_state, seed_everything, set_rng_state, versions
+from tdam.train.schedule import ListScheduler, lr_schedule
+from tdam.train.state import (deterministic_algorithms, gpu_settings, rng_state, seed_everything, set_rng_state,
+                              versions)
 from tdam.train.tensorboard import RunLogger, accuracy_per_step
 
-__all__ = ["train", "build_model", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
+__all__ = ["train", "build_model", "build_ema", "RunResult", "resolve_amp", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_val_top1",
                   "ema_val_top5", "images_per_s", "data_wait", "epoch_time_s", "peak_mem_mb", "bad_images")
@@ -86,6 +91,12 @@ class RunResult:
     @property
     def best_checkpoint(self) -> Path | None:
         p = self.run_dir / "best.pth"
+        return p if p.exists() else None
+
+    @property
+    def best_ema_checkpoint(self) -> Path | None:
+        """``best_ema.pth``: the epoch of the best EMA evaluation (``model_ema`` runs), else None."""
+        p = self.run_dir / "best_ema.pth"
         return p if p.exists() else None
 
     @property
@@ -137,6 +148,19 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """``tdam.create_model(**cfg.model)``: the model description unchanged, with ``num_classes`` (the data's class
     count) added unless the description names it."""
     return tdam.create_model(**{"num_classes": num_classes, **cfg.model})
+
+
+def build_ema(model: nn.Module, cfg: TrainConfig) -> Any:
+    """The EMA of ``model``'s weights when ``cfg.model_ema`` (else None): timm's ``ModelEmaV3`` with the configured
+    decay, applied from the first update on (the engine calls ``update(model)`` without a step count, so no
+    warm-up of the decay): after update k, ``ema = decay x ema + (1 - decay) x weights`` for floating-point
+    parameters and buffers, starting from the initial weights. That is ConvNeXt's EMA (``main.py`` line 314: timm's
+    ``ModelEma``, constant decay; the authors' script, line 576: ``ModelEmaV2``, the same rule)."""
+    if not cfg.model_ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.model_ema_decay)
 
 
 def train(cfg: TrainConfig, *, task: Task | None = None, datasets: tuple[Any, Any] | None = None,
@@ -214,6 +238,7 @@ class _Run:
         self.run_dir = cfg.run_dir()
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
+        self.best_ema: dict[str, Any] | None = None     # the best EMA evaluation (model_ema): best_ema.pth
         self.stop = _StopFlag()
         self.resumed_from: Path | None = None
         self.lock: RunLock | None = None                # rank 0: the run folder's lock (tdam.runs.lock)
@@ -256,10 +281,8 @@ class _Run:
             model.to(memory_format=torch.channels_last)
         self.model = model                              # the plain module: state dicts, EMA, evaluation
         from timm.optim import create_optimizer_v2
-        from timm.scheduler import create_scheduler_v2
-        from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        ema = build_ema(model, cfg)
         self.lr = cfg.resolved_lr(d.world_size)
         build_optimizer = getattr(self.task, "build_optimizer", None)
         optimizer = (build_optimizer(model, cfg, self.lr) if build_optimizer is not None
@@ -277,11 +300,8 @@ class _Run:
         build_scheduler = getattr(self.task, "build_scheduler", None)
         if build_scheduler is not None:                 # task hook: a per-update scheduler (step_update/state_dict)
             scheduler = build_scheduler(optimizer, cfg, self.updates_per_epoch)
-        elif cfg.sched != "none":
-            scheduler, _ = create_scheduler_v2(
-                optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False,
-                updates_per_epoch=self.updates_per_epoch)
+        elif cfg.sched != "none":                       # the run's whole schedule (tdam.train.schedule)
+            scheduler = ListScheduler(optimizer, lr_schedule(cfg, self.updates_per_epoch, d.world_size), self.lr)
         run_model: nn.Module = model
         if cfg.compile:
             run_model = torch.compile(run_model)
@@ -298,7 +318,7 @@ class _Run:
             self.restore()
         self.env = {"versions": versions(d.device), "world_size": d.world_size, "device": str(d.device),
                     "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
-                    "channels_last": self.channels_last, "lr": self.lr,
+                    "channels_last": self.channels_last, "lr": self.lr, **self.gpu,
                     "global_batch": cfg.global_batch(d.world_size), "updates_per_epoch": self.updates_per_epoch,
                     "num_classes": self.num_classes, "train_images": len(train_set), "val_images": len(val_set),
                     "peak_mem": "torch.cuda.max_memory_allocated" if d.device.type == "cuda" else "process max RSS",
@@ -433,18 +453,23 @@ class _Run:
             "scheduler": s.scheduler.state_dict() if s.scheduler is not None else None,
             "scaler": s.scaler.state_dict(), "epoch": s.epoch, "epoch_step": s.epoch_step, "step": s.step,
             "epoch_meter": s.meter.state_dict(), "rng": rng, "world_size": self.dist.world_size,
-            "metrics": {"history": self.history, "best": self.best}, "tdam_version": tdam.__version__,
+            "metrics": {"history": self.history, "best": self.best, "best_ema": self.best_ema},
+            "tdam_version": tdam.__version__,
         }
         if s.ema is not None:
             ckpt["model_ema"] = s.ema.module.state_dict()
         return ckpt
 
-    def save(self, *, best: bool = False) -> None:
+    def save(self, *, best: bool = False, best_ema: bool = False) -> None:
+        """``last.pth``; also ``best.pth`` (best non-EMA evaluation) and ``best_ema.pth`` (best EMA evaluation) when
+        this epoch set them, as ConvNeXt's main.py lines 412-445 save "best" and "best-ema"."""
         ckpt = self.checkpoint()                        # collective under DDP: every rank takes part
         if self.dist.is_main:
             last = save_checkpoint(ckpt, self.run_dir / LAST_FILE)
             if best:
                 link_file(last, self.run_dir / BEST_FILE)
+            if best_ema:
+                link_file(last, self.run_dir / BEST_EMA_FILE)
         barrier()
 
     def restore(self) -> None:
@@ -476,6 +501,7 @@ class _Run:
         s.meter = EpochMeter(**ck.get("epoch_meter", {}))
         self.history = list(ck["metrics"]["history"])
         self.best = ck["metrics"]["best"]
+        self.best_ema = ck["metrics"].get("best_ema")
         self.link_best_if_missing(path)
         rngs = ck["rng"]
         if len(rngs) == self.dist.world_size:
@@ -541,7 +567,10 @@ class _Run:
 
     def run(self) -> RunResult:
         cfg = self.cfg
-        with self.stop.installed(), deterministic_algorithms(cfg.deterministic), self.holding_run_dir():
+        with (self.stop.installed(), deterministic_algorithms(cfg.deterministic),
+              gpu_settings(self.dist.device, cudnn_benchmark=cfg.cudnn_benchmark and not cfg.deterministic,
+                           tf32=cfg.tf32) as self.gpu,
+              self.holding_run_dir()):
             self.setup()
             s = self.state
             self.log(f"run {self.run_dir} | {cfg.model_tag()} | {self.num_classes} classes | device "
@@ -589,11 +618,12 @@ class _Run:
             return self.result(interrupted=False)
 
     def link_best_if_missing(self, last: Path) -> None:
-        """Rank 0: ``best.pth`` from ``last`` when the best epoch is the one ``last`` holds and the link is missing (a
-        run killed between saving ``last.pth`` and linking it as the best)."""
-        if (self.dist.is_main and self.best is not None and self.best.get("epoch") == self.state.epoch
-                and not (self.run_dir / BEST_FILE).is_file()):
-            link_file(last, self.run_dir / BEST_FILE)
+        """Rank 0: ``best.pth`` (``best_ema.pth``) from ``last`` when the best (best EMA) epoch is the one ``last``
+        holds and the link is missing (a run killed between saving ``last.pth`` and linking it)."""
+        for best, name in ((self.best, BEST_FILE), (self.best_ema, BEST_EMA_FILE)):
+            if (self.dist.is_main and best is not None and best.get("epoch") == self.state.epoch
+                    and not (self.run_dir / name).is_file()):
+                link_file(last, self.run_dir / name)
 
     def write_outputs(self) -> None:
         """Rank 0, at the end of a run (also of one trained to the end whose outputs were missing): the best weights
@@ -605,7 +635,7 @@ class _Run:
         self.plot()
         summary = {"run_dir": str(self.run_dir), "identity": (self.record or {}).get("identity"),
                    "parent": (self.record or {}).get("parent"),
-                   "final": self.history[-1] if self.history else None, "best": self.best,
+                   "final": self.history[-1] if self.history else None, "best": self.best, "best_ema": self.best_ema,
                    "num_classes": self.num_classes, "chance_top1": 100 / self.num_classes,
                    "config": self.cfg.to_dict(), "env": self.env}
         with writing(self.run_dir / "summary.json"):
@@ -636,10 +666,14 @@ class _Run:
         is_best = row.get(key) is not None and (self.best is None or row[key] > self.best[key])
         if is_best:
             self.best = {"epoch": row["epoch"], key: row[key]}
+        ema_key = f"ema_{key}"
+        is_best_ema = row.get(ema_key) is not None and (self.best_ema is None or row[ema_key] > self.best_ema[ema_key])
+        if is_best_ema:
+            self.best_ema = {"epoch": row["epoch"], ema_key: row[ema_key]}
         s.epoch += 1
         s.epoch_step = 0
         s.meter = EpochMeter()
-        self.save(best=is_best)
+        self.save(best=is_best, best_ema=is_best_ema)
         if d.is_main:
             self.write_metrics()
         return row
