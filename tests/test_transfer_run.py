@@ -115,6 +115,7 @@ def test_wsdan_run_transfer_with_a_tdam_backbone(shapes, tmp_path):
 
 def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path):
     from tdam.transfer.report import ensure_transfer_run, results_table
+    from tdam.transfer.run import build_transfer_datasets
 
     kw = dict(data_dir=str(shapes / "coco2014"), random_backbone=True, model={"arch": "resnet18"},
               output_dir=str(tmp_path / "asl"), img_size=32, batch_size=8, epochs=1, steps_per_epoch=2, workers=0,
@@ -132,6 +133,9 @@ def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path)
     table = results_table([again])
     assert table.loc[0, "reported_mAP"] == max(row["val_mAP"], row["ema_val_mAP"])
     assert 0 < table.loc[0, "chance"] < 100
+    val_images = len(build_transfer_datasets(tc)[1])          # val_batches unset: the whole split every epoch
+    assert table.loc[0, ["run", "epochs", "t_eval", "data", "data_tag", "img_size", "val_images"]].tolist() == [
+        result.run_dir.name, 1, 1, "coco2014", "coco2014", 32, val_images]
     with pytest.raises(ValueError, match="different config.*gamma_neg"):
         ensure_transfer_run(load_transfer_config("_recipe_asl", gamma_neg=2, **kw))
 
