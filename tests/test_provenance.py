@@ -206,6 +206,37 @@ def test_ablation_table_shows_each_rows_epochs_and_decides_from_its_facts():
         ablation_table([{k: v for k, v in _table2_row().items() if k not in ("t_eval", "v1_images")}])
 
 
+def test_ablation_row_records_the_facts_of_its_checkpoint(tmp_path, shapes_tiny):
+    """A Table 2 row evaluated from a trainer checkpoint: the run folder, its epochs, t and the images come from
+    what was evaluated; an untrained row records none of them."""
+    from tdam import create_model
+    from tdam.checkpoint import save_checkpoint
+    from tdam.evaluation.ablations import ablation_row
+    from tdam.evaluation.data import run_data_settings
+    from tdam.train.config import TrainConfig
+
+    cfg = TrainConfig(model={"arch": "resnet18", "attention": "td", "num_classes": 12}, img_size=64, data_size="tiny",
+                      epochs=3, warmup_epochs=0, profile="smoke")
+    torch.manual_seed(0)
+    model = create_model("resnet18", attention="td", num_classes=12)
+    ckpt = tmp_path / "resnet18_td_joint_t2_m1-smoke-c0ffee00" / "last.pth"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.model_config, "config": cfg.to_dict(),
+                     "epoch": 2}, ckpt)
+    entry = {"set": "mode_and_distance", "row": "TDj(m=1)", "params": tmp_path / "row.yaml"}
+    data = run_data_settings(cfg.to_dict())
+    row = ablation_row(entry, {"arch": "resnet18", "attention": "td"}, ckpt, data, device=torch.device("cpu"),
+                       batch_size=12, max_images=12)
+    assert {k: row[k] for k in (*PROVENANCE_COLUMNS, "v1_images", "status")} == {
+        "run": "resnet18_td_joint_t2_m1-smoke-c0ffee00", "epochs": 2, "train_on": "last", "profile": "smoke",
+        "t_eval": 2, "data": "embedded", "data_tag": "tdam-shapes/imagenet/tiny", "img_size": 64, "num_classes": 12,
+        "v1_images": 12, "status": "ok"}
+    untrained = ablation_row(entry, {"arch": "resnet18", "attention": "td"}, None, data, device=torch.device("cpu"))
+    assert untrained["status"] == "not trained" and untrained["epochs"] is None and untrained["v1_images"] is None
+    tab = ablation_table([row, untrained])
+    assert tab.epochs.tolist()[0] == 2 and "paper setting" not in tab.comparison.tolist()
+    assert tab.comparison.iloc[0].endswith("12 ImageNet-V1 val images evaluated, not the whole split's 50,000")
+
+
 def test_table3_carries_each_models_facts():
     ours = pd.DataFrame({"stage": [4], "block": [2], "metric": ["rho_mean"], "plain": [1.0], "td": [1.2]})
     plain = _facts(model_config={"arch": "resnet50"}, t_eval=1, run="plain-run", images={"v1": 128})
