@@ -149,18 +149,9 @@ def run_facts(run: EvalRun, images: int, *, split: str | None = None) -> EvalFac
     """The facts of evaluating ``images`` images of a loaded :class:`~tdam.evaluation.data.EvalRun` (its dataset's
     split, or ``split``; 'val' is recorded as 'v1'), at the steps its model runs now."""
     split = split or getattr(run.dataset, "split", "val")
-    return eval_facts(run.checkpoint, t_eval=getattr(run.model, "td_steps", 1), images={_split_key(split): images},
-                      img_size=run.img_size, num_classes=len(run.dataset.classes), data_dir=run.data_dir,
-                      stored={"config": run.config, "model_config": run.model_config,
-                              "epoch": _stored_epoch(run.checkpoint)})
-
-
-def _split_key(split: str) -> str:
-    return "v1" if split == "val" else split
-
-
-def _stored_epoch(checkpoint: Path) -> int | None:
-    return read_checkpoint(checkpoint).get("epoch")
+    return eval_facts(run.checkpoint, t_eval=getattr(run.model, "td_steps", 1),
+                      images={"v1" if split == "val" else split: images}, img_size=run.img_size,
+                      num_classes=len(run.dataset.classes), data_dir=run.data_dir)
 
 
 def with_provenance(table: pd.DataFrame, facts: EvalFacts) -> pd.DataFrame:

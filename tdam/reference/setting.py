@@ -94,9 +94,10 @@ def paper_setting(model_config: Mapping, *, num_classes: int | None, img_size: i
     stand-in. ``num_classes`` None: not recorded, so the class count cannot be confirmed (never in the paper's
     setting). ``t``: the steps the last TD stage ran at evaluation (1 for a model without TD; None: not recorded);
     it must be the paper row's t. ``images``: {split: images evaluated} for the splits compared ('v1', and 'v2' for
-    Table 1's V2 columns; another split, e.g. 'train', is never the paper's); each must be the whole split (:func:`full_split_images` of the paper's class count); None:
-    not recorded. Table 2 rows are named, not looked up by model: ``ablation`` = (set, row name), and only the
-    backbone of ``model_config`` is compared with the paper row's.
+    Table 1's V2 columns; another split, e.g. 'train', is never the paper's); each must be the whole split
+    (:func:`full_split_images` of the paper's class count); None: not recorded. Table 2 rows are named, not looked
+    up by model: ``ablation`` = (set, row name), and only the backbone of ``model_config`` is compared with the
+    paper row's.
     """
     if table not in SETTING_TABLES:
         raise ValueError(f"unknown paper table {table!r}; valid: {list(SETTING_TABLES)}")
@@ -141,7 +142,7 @@ def _row_steps(table: str, row: Mapping | None) -> int | None:
     if table == "table3":
         return int(table3_columns()[row["column"]]["t"] or 1)
     t = row.get("t")
-    return 1 if t is None or t is pd.NA or (isinstance(t, float) and t != t) else int(t)
+    return 1 if pd.isna(t) else int(t)           # an empty t: a row without TD
 
 
 def _steps_reasons(t: int | None, row_t: int | None) -> list[str]:
