@@ -111,6 +111,13 @@ def test_wsdan_run_transfer_with_a_tdam_backbone(shapes, tmp_path):
 
     model = load_wsdan(result.checkpoint)
     assert model.num_attentions == 3 and model.backbone.td_steps == 2
+    from tdam.transfer.report import TransferResult, results_table
+    from tdam.transfer.run import build_transfer_datasets
+
+    table = results_table([TransferResult(tc, result.run_dir, result.history, result.best)])
+    val = build_transfer_datasets(tc)[1]
+    assert table.loc[0, ["run", "epochs", "train_on", "t_eval", "val_images", "num_classes"]].tolist() == [
+        result.run_dir.name, 1, "last", 2, min(len(val), tc.train.batch_size), len(val.classes)]  # val_batches=1
 
 
 def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path):

@@ -106,9 +106,10 @@ def dataset_summary(configs: Sequence[TransferConfig]) -> pd.DataFrame:
 
 def transfer_facts(result: TransferResult) -> EvalFacts:
     """What the numbers of a transfer run were computed from (:class:`~tdam.evaluation.provenance.EvalFacts`): the
-    run folder, the epochs its ``last.pth`` trained, the backbone's ``train_on`` and t (the transfer model runs the
-    backbone as built: its t), the validation images each epoch evaluated (the whole split, or ``val_batches``
-    batches per process), the dataset, the image size and the class count."""
+    run folder, the epochs its ``last.pth`` trained, the backbone's t as stored in the transfer checkpoint (the
+    transfer model runs the backbone as built), the run's ``train_on`` (a TD backbone only), the validation images
+    each epoch evaluated (the whole split, or ``val_batches`` batches per process), the dataset, the image size and
+    the class count."""
     train = result.config.train
     last = result.run_dir / "last.pth"
     stored = read_checkpoint(last)
@@ -116,10 +117,12 @@ def transfer_facts(result: TransferResult) -> EvalFacts:
     images = len(val_set)
     if train.val_batches:
         images = min(images, int(train.val_batches) * int(train.batch_size) * int(stored.get("world_size") or 1))
-    return eval_facts(last, t_eval=model_key(train.model)["t"] or 1, images={"val": images}, img_size=train.img_size,
+    stored_config = dict(stored["model_config"])
+    # WS-DAN stores its backbone's config inside its own; ASL's model is the backbone itself
+    backbone = dict(stored_config["backbone"]) if stored_config.get("transfer") == "wsdan" else stored_config
+    return eval_facts(last, t_eval=model_key(backbone)["t"] or 1, images={"val": images}, img_size=train.img_size,
                       num_classes=len(val_set.classes), data_dir=result.config.data_dir, stored=stored,
-                      model_config=dict(train.model), dataset=result.config.dataset,
-                      data_size=result.config.data_size)
+                      model_config=backbone, dataset=result.config.dataset, data_size=result.config.data_size)
 
 
 def results_table(results: Sequence[TransferResult], task: str | None = None) -> pd.DataFrame:
