@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -143,6 +144,7 @@ def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path)
     val_images = len(build_transfer_datasets(tc)[1])          # val_batches unset: the whole split every epoch
     assert table.loc[0, ["run", "epochs", "t_eval", "data", "data_tag", "img_size", "val_images"]].tolist() == [
         result.run_dir.name, 1, 1, "coco2014", "coco2014", 32, val_images]
+    assert "profile" in table and pd.isna(table.loc[0, "profile"])          # a fact no row has is still a column
     with pytest.raises(ValueError, match="different config.*gamma_neg"):
         ensure_transfer_run(load_transfer_config("_recipe_asl", gamma_neg=2, **kw))
 

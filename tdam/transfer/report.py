@@ -11,7 +11,7 @@ import torch
 
 from tdam.checkpoint import read_checkpoint
 from tdam.evaluation.provenance import EvalFacts, eval_facts
-from tdam.reference import model_key
+from tdam.reference import PROVENANCE_COLUMNS, model_key
 from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer, transfer_key
 
 __all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_table", "PAPER_SETUP",
@@ -129,7 +129,7 @@ def results_table(results: Sequence[TransferResult], task: str | None = None) ->
     """One row per run (of ``task`` 'wsdan' / 'asl' only, if given): framework, dataset, backbone, final and best
     values of the task's metrics (WS-DAN raw and refined top-1; ASL mAP / CF1 / OF1, regular and EMA; ASL's reported
     max(mAP, EMA mAP)), the chance level and the provenance columns of :func:`transfer_facts` (the run, its epochs,
-    ``train_on``, t, ``val_images``, data, image size, classes). Columns no row has are dropped."""
+    ``train_on``, profile, t, ``val_images``, data, image size, classes). Metric columns no row has are dropped."""
     if task is not None and task not in _METRICS:
         raise ValueError(f"task={task!r} is not valid: valid choices are {list(_METRICS)} or None")
     rows = []
@@ -153,7 +153,9 @@ def results_table(results: Sequence[TransferResult], task: str | None = None) ->
         row.update(transfer_facts(r).columns())
         row["run_dir"] = str(r.run_dir)
         rows.append(row)
-    return pd.DataFrame(rows).dropna(axis=1, how="all")
+    table = pd.DataFrame(rows)
+    empty = [c for c in table.columns if c not in PROVENANCE_COLUMNS and table[c].isna().all()]
+    return table.drop(columns=empty)                # every row's facts stay, also one all rows lack (profile)
 
 
 def save_results(results: Sequence[TransferResult], table: pd.DataFrame, setup: pd.DataFrame,
