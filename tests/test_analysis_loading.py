@@ -15,6 +15,7 @@ from tdam.evaluation.data import (
     sample_indices,
     two_object_indices,
 )
+from tdam.evaluation.provenance import run_facts
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +43,13 @@ def test_load_run_rebuilds_model_and_data(run, shapes_tiny):
     assert run.label == "resnet18 TD-joint t2 m1" == model_label(run.model_config)
     assert not run.model.training
     assert run.data_dir is None  # the embedded data: not the paper's setting
-    assert run.paper_setting("table3").reason == (
+    facts = run_facts(run, len(run.dataset))
+    assert facts.paper_setting("table3").reason == (
         "resnet18 TD-joint t2 m1 is not a model of Table 3 (resnet50 plain, resnet50 TD-top t2 m3, resnet50 TD-joint "
         "t2 m1); embedded tdam-shapes data, not ImageNet; 12 classes, not ImageNet's 1000; evaluated at 64 px, not the "
-        "paper's 224 px")
-    assert run.paper_setting("table1").model_row["method"] == "TDjoint(t=2;m=1)" and run.paper_setting().row is None
+        f"paper's 224 px; {len(run.dataset)} ImageNet-V1 val images evaluated, not the whole split's 50,000")
+    assert facts.paper_setting("table1").model_row["method"] == "TDjoint(t=2;m=1)" and facts.paper_setting().row is None
+    assert (facts.run, facts.epochs, facts.t_eval, facts.data) == ("ckpt0", 1, 2, "embedded")
     assert run.dataset.root == shapes_tiny / "imagenet" and run.dataset.split == "val"
     x, y = run.dataset[0]
     assert x.shape == (3, 64, 64)

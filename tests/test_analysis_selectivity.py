@@ -142,7 +142,8 @@ def test_table3_layout_and_paper_columns():
     import pandas as pd
 
     from tdam.evaluation.selectivity import selectivity_table
-    from tdam.reference import paper_setting, paper_table3_column, table3_beside_paper
+    from tdam.evaluation.provenance import EvalFacts
+    from tdam.reference import model_key, paper_table3_column, table3_beside_paper
 
     torch.manual_seed(0)
     m = _TinyResNet().eval()
@@ -159,9 +160,14 @@ def test_table3_layout_and_paper_columns():
         "tdjoint_t2_m1"
     assert paper_table3_column({"arch": "resnet50", "attention": "se"}) is None
     assert paper_table3_column({"arch": "resnet18", "attention": None}) is None  # the paper's are ResNet-50 models
-    paper = dict(num_classes=1000, img_size=224, imagenet=True, table="table3")
+    def facts(model_config, **changes):
+        base = EvalFacts(run="r", epochs=1, train_on=None, profile=None, t_eval=model_key(model_config)["t"] or 1,
+                         images={"v1": 50_000}, data="imagenet", data_tag="in1k", img_size=224, num_classes=1000,
+                         model_config=model_config)
+        return base.replace(**changes)
+
     plain50, td50 = {"arch": "resnet50"}, {"arch": "resnet50", "attention": "td"}
-    both = table3_beside_paper(table, {"plain": paper_setting(plain50, **paper), "td": paper_setting(td50, **paper)})
+    both = table3_beside_paper(table, {"plain": facts(plain50), "td": facts(td50)})
     assert {"paper_original", "diff_plain", "paper_tdjoint_t2_m1", "diff_td"} <= set(both.columns)
     r = both[(both.stage == 4) & (both.block == 2) & (both.metric == "entropy_HY")]
     assert r["paper_original"].item() == pytest.approx(5.67)  # transcribed paper value, shown beside ours
@@ -169,20 +175,19 @@ def test_table3_layout_and_paper_columns():
     assert pd.isna(both[both.stage == 3]["paper_original"]).all()  # the paper reports layer4 only
     assert (both.comparison == "plain: paper setting; td: paper setting").all()
     # on the embedded data, or with a ResNet-18, no paper number stands beside ours
-    embedded = dict(paper, num_classes=12, img_size=64, imagenet=False)
-    mixed = table3_beside_paper(table, {"plain": paper_setting({"arch": "resnet18"}, **paper),
-                                        "td": paper_setting(td50, **embedded)})
-    assert mixed.columns.tolist() == ["stage", "block", "metric", "plain", "td", "comparison"]
+    embedded = dict(num_classes=12, img_size=64, data="embedded")
+    mixed = table3_beside_paper(table, {"plain": facts({"arch": "resnet18"}), "td": facts(td50, **embedded)})
+    assert mixed.columns.tolist()[:5] == ["stage", "block", "metric", "plain", "td"]
     assert mixed.comparison.iloc[0] == (
         "plain: resnet18 plain is not a model of Table 3 (resnet50 plain, resnet50 TD-top t2 m3, resnet50 TD-joint t2 "
         "m1); td: embedded tdam-shapes data, not ImageNet; 12 classes, not ImageNet's 1000; evaluated at 64 px, not "
         "the paper's 224 px")
-    pd.testing.assert_frame_equal(mixed.drop(columns="comparison"), table)
-    one = table3_beside_paper(table, {"plain": paper_setting(plain50, **paper), "td": paper_setting(td50, **embedded)})
+    pd.testing.assert_frame_equal(mixed[table.columns], table)
+    one = table3_beside_paper(table, {"plain": facts(plain50), "td": facts(td50, **embedded)})
     assert "paper_original" in one and not [c for c in one if c.endswith("tdjoint_t2_m1") or c == "diff_td"]
     with pytest.raises(ValueError, match="not in the table"):
-        table3_beside_paper(table, {"other": paper_setting(plain50, **paper)})
-    with pytest.raises(ValueError, match="table='table3'"):
+        table3_beside_paper(table, {"other": facts(plain50)})
+    with pytest.raises(ValueError, match="EvalFacts"):
         table3_beside_paper(table, {"plain": "original"})
 
 

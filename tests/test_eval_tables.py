@@ -12,6 +12,7 @@ import tdam.notebook as nb
 from tdam.evaluation.ablations import TABLE2_SETS, table2_entries
 from tdam.evaluation.classification import EvalResult
 from tdam.evaluation.figures import legend_label, resolution_table
+from tdam.evaluation.provenance import EvalFacts
 from tdam.notebook import provenance
 from tdam.reference import (ablation_table, accuracy_table, beside_paper, model_key, paper_resolutions, paper_setting,
                             paper_table, table1_specs)
@@ -45,20 +46,30 @@ def test_model_key_and_beside_paper():
 
 
 def _result(n=10):
-    c = {k: np.array([[True, True]] * 5 + [[False, True]] * 5) for k in ("last", "unique_box")}
+    c = {k: np.array([[True, True]] * (n // 2) + [[False, True]] * (n - n // 2)) for k in ("last", "unique_box")}
     return EvalResult(topk=(1, 5), targets=np.zeros(n, dtype=np.int64), correct=c, step_correct=None, seconds=1.0)
 
 
+def _facts(cfg, *, num_classes, img_size, imagenet, t=2, images=None):
+    return EvalFacts(run="r", epochs=1, train_on="last", profile=None, t_eval=t,
+                     images=images or {"v1": 50_000, "v2": 10_000}, data="imagenet" if imagenet else "embedded",
+                     data_tag="x", img_size=img_size, num_classes=num_classes, model_config=cfg)
+
+
+FULL = {"v1": _result(50_000), "v2": _result(10_000)}
+PROV = ["run", "epochs", "train_on", "profile", "t_eval", "data", "data_tag", "img_size", "num_classes",
+        "v1_images", "v2_images"]
+
+
 def test_accuracy_table_puts_paper_row_beside_each_metric_in_the_papers_setting():
-    res = _result()
     cfg = {"arch": "resnet18", "attention": "td", "t": 2, "m": 1, "td_mode": "joint"}
-    tab = accuracy_table({"v1": res, "v2": res}, cfg, num_classes=1000, img_size=224, imagenet=True)
+    tab = accuracy_table(FULL, _facts(cfg, num_classes=1000, img_size=224, imagenet=True))
     assert tab.metric.tolist() == ["last", "paper (unique-box)"]
     assert (tab.v1_top1 == 50.0).all() and (tab.paper_v1_top1 == 71.55).all() and (tab.paper_v2_top5 == 81.53).all()
     assert tab.diff_v2_top1.iloc[0] == pytest.approx(50.0 - 59.31)
-    assert tab.columns.tolist() == ["metric", "v1_images", "v2_images", "v1_top1", "paper_v1_top1", "diff_v1_top1",
+    assert tab.columns.tolist() == ["metric", "v1_top1", "paper_v1_top1", "diff_v1_top1",
                                     "v1_top5", "paper_v1_top5", "diff_v1_top5", "v2_top1", "paper_v2_top1",
-                                    "diff_v2_top1", "v2_top5", "paper_v2_top5", "diff_v2_top5", "comparison"]
+                                    "diff_v2_top1", "v2_top5", "paper_v2_top5", "diff_v2_top5", *PROV, "comparison"]
     assert (tab.comparison == "paper setting").all()
 
 
@@ -77,47 +88,46 @@ def test_accuracy_table_puts_paper_row_beside_each_metric_in_the_papers_setting(
      "resnet50 TD-top t2 m2 is not a row of Table 1"),       # a ResNet-18/34 row, not a ResNet-50 one
 ])
 def test_accuracy_table_outside_the_papers_setting_shows_no_paper_number(cfg, setting, reason):
-    res = _result()
-    tab = accuracy_table({"v1": res, "v2": res}, cfg, **setting)
+    tab = accuracy_table(FULL, _facts(cfg, **setting))
     assert not [c for c in tab.columns if c.startswith(("paper_", "diff_"))]
-    assert tab.columns.tolist() == ["metric", "v1_top1", "v1_top5", "v1_images", "v2_top1", "v2_top5", "v2_images",
-                                    "comparison"]
+    assert tab.columns.tolist() == ["metric", "v1_top1", "v1_top5", "v2_top1", "v2_top5", *PROV, "comparison"]
     assert (tab.comparison == reason).all() and (tab.v1_top1 == 50.0).all()
 
 
 def test_paper_setting_rule():
-    base = dict(num_classes=1000, img_size=224, imagenet=True)
+    base = dict(num_classes=1000, img_size=224, imagenet=True, t=2, images={"v1": 50_000})
     s = paper_setting({"arch": "resnet101", "attention": "td", "td_stages": [4]}, **base)
     assert s.matches and s.reason == "paper setting" and s.row["method"] == "TDjoint(t=2;m=1;L4)"
     assert paper_setting({"arch": "resnet101", "attention": "td"}, **base).row["method"] == "TDjoint(t=2;m=1)"
-    assert paper_setting({"arch": "resnet50", "attention": "se"}, **base).row["v1_top1"] == 78.03
-    assert paper_setting({"arch": "resnet50", "attention": None}, **base).row["method"] == "ResNet"
+    plain = {**base, "t": 1}                                        # a model without TD runs one step
+    assert paper_setting({"arch": "resnet50", "attention": "se"}, **plain).row["v1_top1"] == 78.03
+    assert paper_setting({"arch": "resnet50", "attention": None}, **plain).row["method"] == "ResNet"
     # the row's model but not its data: the model row is known, the setting does not match
-    s = paper_setting({"arch": "resnet50"}, num_classes=12, img_size=224, imagenet=True)
+    s = paper_setting({"arch": "resnet50"}, **{**plain, "num_classes": 12})
     assert s.model_row["method"] == "ResNet" and s.row is None and s.reason == "12 classes, not ImageNet's 1000"
     # options that change the model away from every paper row
     for off, text in (({"td_order": "spatial"}, "td_order='spatial'"), ({"td_pool": "max"}, "td_pool='max'"),
                       ({"td_blocks": {3: [0, 1]}}, "td_blocks={3: [0, 1]}")):
         s = paper_setting({"arch": "resnet50", "attention": "td", **off}, **base)
         assert s.row is None and s.reason == f"resnet50 TD-joint t2 m1 ({text}) is not a row of Table 1"
-    assert paper_setting({"arch": "resnet50", "attention": "se", "attn_stages": [3, 4]}, **base).row is None
+    assert paper_setting({"arch": "resnet50", "attention": "se", "attn_stages": [3, 4]}, **plain).row is None
     # ResNet-101's default layer3 subset written out is still the paper's model
     assert paper_setting({"arch": "resnet101", "attention": "td", "td_blocks": {"3": [0, 1, 2, 8, 13, 18, 22]}},
                          **base).matches
     # Table 3: ResNet-50 models only
     s = paper_setting({"arch": "resnet50", "attention": "td", "td_mode": "top", "m": 3}, table="table3", **base)
     assert s.row == {"backbone": "resnet50", "column": "tdtop_t2_m3"}
-    s = paper_setting({"arch": "resnet18"}, table="table3", **base)
+    s = paper_setting({"arch": "resnet18"}, table="table3", **plain)
     assert s.row is None and s.reason == ("resnet18 plain is not a model of Table 3 (resnet50 plain, resnet50 TD-top "
                                           "t2 m3, resnet50 TD-joint t2 m1)")
     # Table 2: named rows, the 200-class subset
-    s = paper_setting({"arch": "resnet18"}, table="table2", ablation=("steps_200cls", "TDt(t=3)"),
-                      **{**base, "num_classes": 200})
+    subset = {**base, "num_classes": 200, "t": 3, "images": {"v1": 10_000}}
+    s = paper_setting({"arch": "resnet18"}, table="table2", ablation=("steps_200cls", "TDt(t=3)"), **subset)
     assert s.matches and s.row["v1_top1"] == 75.34
-    s = paper_setting({"arch": "resnet18"}, table="table2", ablation=("steps_200cls", "TDt(t=3)"), **base)
+    s = paper_setting({"arch": "resnet18"}, table="table2", ablation=("steps_200cls", "TDt(t=3)"),
+                      **{**subset, "num_classes": 1000})
     assert s.reason == "1000 classes, not the paper's 200-class ImageNet subset"
-    assert paper_setting({"arch": "resnet50"}, num_classes=None, img_size=224, imagenet=True).reason == \
-        "class count not recorded"
+    assert paper_setting({"arch": "resnet50"}, **{**plain, "num_classes": None}).reason == "class count not recorded"
     with pytest.raises(ValueError, match="unknown paper table 'table4'; valid"):
         paper_setting({"arch": "resnet50"}, table="table4", **base)
     with pytest.raises(ValueError, match="ablation"):
@@ -132,7 +142,8 @@ def test_model_key_takes_create_models_defaults():
 
 
 def test_resolution_legend():
-    t = resolution_table({"td": {64: 50.0, 32: 10.0, 128: 40.0}})
+    t = resolution_table({"td": {64: 50.0, 32: 10.0, 128: 40.0}},
+                         {"td": _facts({"arch": "resnet18"}, num_classes=12, img_size=64, imagenet=False)})
     assert t.resolution.tolist() == [32, 64, 128]
     assert legend_label("td", t) == "td (best 50.00 @ 64; 32: 10.00, 128: 40.00)"
 
@@ -152,10 +163,12 @@ def test_ablation_index_covers_table2_and_configs_build():
     with pytest.raises(ValueError, match="unknown Table 2 set"):
         table2_entries(["nope"])
     row = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0,
-           "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000}
+           "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000, "t_eval": 1,
+           "v1_images": 50_000}
     tab = ablation_table([row])
     assert tab.paper_v1_top1.iloc[0] == 76.77 and tab.diff_v1_top1.iloc[0] == pytest.approx(70.0 - 76.77)
-    with pytest.raises(ValueError, match=r"need \['backbone', 'data', 'img_size'\].*missing \['data', 'img_size'\]"):
+    with pytest.raises(ValueError, match=r"need \['backbone', 'data', 'img_size', 't_eval', 'v1_images'\]"
+                                         r".*missing \['data', 'img_size'\]"):
         ablation_table([{k: v for k, v in row.items() if k not in ("data", "img_size")}])
 
 
@@ -231,7 +244,8 @@ def test_provenance_is_json_ready(tmp_path):
 
 
 def test_ablation_table_compares_only_in_the_papers_setting():
-    base = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0}
+    base = {"set": "layers", "row": "SE", "params_M": 28.0, "gflops": 4.1, "v1_top1": 70.0, "v1_top5": 90.0,
+            "t_eval": 1, "v1_images": 50_000}
     rows = [{**base, "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000},  # the paper's
             {**base, "backbone": "resnet50", "data": "embedded", "img_size": 64, "num_classes": 12},    # sizes only
             {**base, "backbone": "resnet18", "data": "embedded", "img_size": 64, "num_classes": 12},    # nothing

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from tdam.cam import CamResult  # noqa: E402
 from tdam.evaluation import figures as F  # noqa: E402
 from tdam.evaluation.localization import LocalizationResult  # noqa: E402
+from tdam.evaluation.provenance import EvalFacts  # noqa: E402
 from tdam.evaluation.selectivity import BlockSelectivity  # noqa: E402
 from tdam.notebook.outputs import figure_name, save_figure  # noqa: E402
 from tdam.train.plots import plot_curves  # noqa: E402
@@ -80,8 +81,11 @@ def accuracy_vs_steps():
 
 
 def resolution():
+    facts = EvalFacts(run="r", epochs=1, train_on=None, profile="smoke", t_eval=1, images={"v1": 120},
+                      data="embedded", data_tag="tdam-shapes/imagenet/default", img_size=64, num_classes=12)
     table = F.resolution_table({"resnet18 plain": {32: 30.0, 64: 60.0, 128: 40.0},
-                                "resnet18 td": {32: 35.0, 64: 62.0, 128: 50.0}})
+                                "resnet18 td": {32: 35.0, 64: 62.0, 128: 50.0}},
+                               {"resnet18 plain": facts, "resnet18 td": facts.replace(t_eval=2)})
     return F.plot_resolution(table, train_resolution=64, title=RUN)
 
 

@@ -158,7 +158,8 @@ def test_ablation_index_lists_the_most_confident_row_beside_tdj_m1_without_paper
     assert mc.replace(train_on="last").to_dict() == last.to_dict()            # only train_on differs
     assert mc.run_name() != last.run_name()                                   # so they are two cached runs
     rows = [{"set": e["set"], "row": e["row"], "params_M": 25.0, "gflops": 4.0, "v1_top1": 70.0, "v1_top5": 90.0,
-             "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000} for e in entries]
+             "backbone": "resnet50", "data": "imagenet", "img_size": 224, "num_classes": 1000, "t_eval": 2,
+             "v1_images": 50_000} for e in entries]
     tab = ablation_table(rows).set_index("row")
     assert tab.loc["TDj(m=1)", "paper_v1_top1"] == tab.loc["TDj(m=1)", "paper_v1_top1"]     # a number
     assert tab.loc["TDj(m=1) most-confident", ["paper_v1_top1", "diff_v1_top1", "diff_gflops"]].isna().all()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -111,10 +112,18 @@ def test_wsdan_run_transfer_with_a_tdam_backbone(shapes, tmp_path):
 
     model = load_wsdan(result.checkpoint)
     assert model.num_attentions == 3 and model.backbone.td_steps == 2
+    from tdam.transfer.report import TransferResult, results_table
+    from tdam.transfer.run import build_transfer_datasets
+
+    table = results_table([TransferResult(tc, result.run_dir, result.history, result.best)])
+    val = build_transfer_datasets(tc)[1]
+    assert table.loc[0, ["run", "epochs", "train_on", "t_eval", "val_images", "num_classes"]].tolist() == [
+        result.run_dir.name, 1, "last", 2, min(len(val), tc.train.batch_size), len(val.classes)]  # val_batches=1
 
 
 def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path):
     from tdam.transfer.report import ensure_transfer_run, results_table
+    from tdam.transfer.run import build_transfer_datasets
 
     kw = dict(data_dir=str(shapes / "coco2014"), random_backbone=True, model={"arch": "resnet18"},
               output_dir=str(tmp_path / "asl"), img_size=32, batch_size=8, epochs=1, steps_per_epoch=2, workers=0,
@@ -132,6 +141,10 @@ def test_asl_trains_through_the_trainer_with_ema_and_is_cached(shapes, tmp_path)
     table = results_table([again])
     assert table.loc[0, "reported_mAP"] == max(row["val_mAP"], row["ema_val_mAP"])
     assert 0 < table.loc[0, "chance"] < 100
+    val_images = len(build_transfer_datasets(tc)[1])          # val_batches unset: the whole split every epoch
+    assert table.loc[0, ["run", "epochs", "t_eval", "data", "data_tag", "img_size", "val_images"]].tolist() == [
+        result.run_dir.name, 1, 1, "coco2014", "coco2014", 32, val_images]
+    assert "profile" in table and pd.isna(table.loc[0, "profile"])          # a fact no row has is still a column
     with pytest.raises(ValueError, match="different config.*gamma_neg"):
         ensure_transfer_run(load_transfer_config("_recipe_asl", gamma_neg=2, **kw))
 

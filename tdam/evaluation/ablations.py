@@ -60,36 +60,46 @@ def table2_entries(sets: Sequence[str] | None = None, rows: Sequence[str] = (), 
 
 def ablation_row(entry: Mapping, model: Mapping, checkpoint: str | Path | None, data: Mapping, *,
                  device: torch.device, batch_size: int = 50, workers: int = 0, max_images: int | None = None) -> dict:
-    """Size and accuracy of one Table 2 row: {set, row, paper_row, backbone, params, data ('imagenet' or 'embedded'),
-    img_size, params_M, gflops, v1_top1, v1_top5, images, num_classes, checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
+    """Size and accuracy of one Table 2 row: {set, row, paper_row, backbone, params, params_M, gflops, v1_top1,
+    v1_top5, the provenance columns of its evaluation (:meth:`~tdam.evaluation.provenance.EvalFacts.columns`: run,
+    epochs, train_on, profile, t_eval, data ('imagenet' or 'embedded'), data_tag, img_size, num_classes,
+    v1_images), checkpoint, status}. ``model``: the row's ``create_model`` kwargs (with ``arch``); ``data``: the run's
     :func:`tdam.evaluation.data.run_data_settings`. ``checkpoint`` None: the row was not trained, reported as 'not
-    trained' with NaN metrics, never silently replaced."""
+    trained' with NaN metrics and no run facts (None), never silently replaced. The epochs, ``train_on`` and profile
+    are read from the checkpoint: rows trained for different lengths stand side by side only with their epochs."""
     from tdam import complexity
-    from tdam.checkpoint import load_model
+    from tdam.checkpoint import load_model, read_checkpoint
     from tdam.data import dataset_root
     from tdam.models import create_model
 
     from .classification import evaluate
     from .data import eval_dataset, eval_loader
+    from .provenance import eval_facts
 
     kw = dict(model)
     real = data["data_dir"] is not None and data["dataset"] == "imagenet"
     row = {"set": entry["set"], "row": entry["row"], "paper_row": entry.get("paper_row", True), "backbone": kw["arch"],
-           "params": Path(entry["params"]).name, "data": "imagenet" if real else "embedded",
-           "img_size": data["img_size"]}
+           "params": Path(entry["params"]).name}
     kw["num_classes"] = _PAPER_CLASSES.get(entry["set"], 1000)
     with torch.device("meta"):  # size of the paper's model (its class count), no weights needed
         sized = create_model(**kw)
     row["params_M"] = complexity.count_params(sized) / 1e6
     row["gflops"] = complexity.flops(sized, 224) / 1e9
     if checkpoint is None:
-        return {**row, "status": "not trained", "checkpoint": None}
-    net = load_model(checkpoint)
+        unknown = {"run": None, "epochs": None, "train_on": None, "profile": None, "t_eval": None,
+                   "data": "imagenet" if real else "embedded", "data_tag": None, "img_size": data["img_size"],
+                   "num_classes": None, "v1_images": None}
+        return {**row, "v1_top1": float("nan"), "v1_top5": float("nan"), **unknown, "checkpoint": None,
+                "status": "not trained"}
+    stored = read_checkpoint(checkpoint)
+    net = load_model(stored)
     root = dataset_root(data["dataset"], data["data_dir"], size=data["data_size"])
     ds = eval_dataset(data["dataset"], root, img_size=data["img_size"], crop_pct=data["crop_pct"],
                       interpolation=data["interpolation"])
     res = evaluate(net, eval_loader(ds, batch_size=batch_size, workers=workers, max_images=max_images),
                    device=device, td_metrics=False)
-    row.update(v1_top1=res.accuracy("last", 1), v1_top5=res.accuracy("last", 5), images=res.num_images,
-               num_classes=len(ds.classes))      # the evaluated (= trained: evaluate checks) class count
-    return {**row, "status": "ok", "checkpoint": str(checkpoint)}
+    facts = eval_facts(checkpoint, t_eval=getattr(net, "td_steps", 1), images={"v1": res.num_images},
+                       img_size=data["img_size"], num_classes=len(ds.classes),  # = trained: evaluate checks
+                       data_dir=data["data_dir"], stored=stored)
+    row.update(v1_top1=res.accuracy("last", 1), v1_top5=res.accuracy("last", 5), **facts.columns())
+    return {**row, "checkpoint": str(checkpoint), "status": "ok"}

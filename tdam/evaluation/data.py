@@ -23,7 +23,6 @@ from .classes import check_class_count
 
 if TYPE_CHECKING:
     from tdam.data import Geometry, ImageDataset
-    from tdam.reference import Setting
 
 __all__ = [
     "eval_dataset", "eval_loader", "run_data_settings", "eval_data_dir", "eval_root", "trained_on", "check_data",
@@ -154,15 +153,6 @@ class EvalRun:
     @property
     def img_size(self) -> int:
         return run_data_settings(self.config)["img_size"]
-
-    def paper_setting(self, table: str = "table1") -> Setting:
-        """Whether this run is in the setting of paper ``table`` (:func:`tdam.reference.paper_setting`): its model,
-        its data's class count, its input size, and real ImageNet (a data folder) rather than the embedded data."""
-        from tdam.reference import paper_setting
-
-        imagenet = self.data_dir is not None and run_data_settings(self.config)["dataset"] == "imagenet"
-        return paper_setting(self.model_config, num_classes=len(self.dataset.classes), img_size=self.img_size,
-                             imagenet=imagenet, table=table)
 
 
 def model_label(model_config: Mapping) -> str:

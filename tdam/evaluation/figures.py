@@ -15,6 +15,7 @@ import functools
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
@@ -386,9 +387,13 @@ def plot_accuracy_vs_steps(tables: Mapping[str, pd.DataFrame], *, trained_t: int
     return fig
 
 
-def resolution_table(accuracies: Mapping[str, Mapping[int, float]]) -> pd.DataFrame:
-    """Long table (model, resolution, top1) from {model: {resolution: top-1}}."""
-    rows = [{"model": m, "resolution": int(r), "top1": float(a)}
+def resolution_table(accuracies: Mapping[str, Mapping[int, float]], facts: Mapping[str, Any]) -> pd.DataFrame:
+    """Long table (model, resolution, top1, provenance columns) from {model: {resolution: top-1}} and {model: its
+    :class:`~tdam.evaluation.provenance.EvalFacts`}; each row's ``img_size`` is its resolution."""
+    missing = sorted(set(accuracies) - set(facts))
+    if missing:
+        raise ValueError(f"no facts for models {missing}: give the EvalFacts of every model in the table")
+    rows = [{"model": m, "resolution": int(r), "top1": float(a), **facts[m].replace(img_size=int(r)).columns()}
             for m, acc in accuracies.items() for r, a in acc.items()]
     return pd.DataFrame(rows).sort_values(["model", "resolution"]).reset_index(drop=True)
 

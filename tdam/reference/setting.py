@@ -7,25 +7,39 @@ A run is in the paper's setting when all of these hold:
   stages of a baseline attention);
 - the data is the paper's: a real ImageNet folder (not the embedded tdam-shapes stand-in) with the paper's class count
   (1000; the 200-class subset for Table 2's ``steps_200cls`` set);
-- the images are evaluated at the paper's 224 px.
+- the images are evaluated at the paper's 224 px;
+- the model is evaluated at the paper row's computation steps ``t`` (a t=2 checkpoint evaluated at ``t=1`` is not
+  the paper's model; a model without TD runs one step);
+- the whole validation split is evaluated: :data:`VAL_IMAGES_PER_CLASS` images per class, i.e. all 50,000 images of
+  ImageNet-V1 val and all 10,000 of an ImageNet-V2 test set for 1000 classes (10,000 for the 200-class subset); an
+  evenly strided or sampled subset (``max_images``) is not.
 
-Anything else gets no paper number beside it, and the one-line reason says which of these failed.
+These are facts of what was evaluated, not of the model's config: the caller passes the steps and the image counts
+it actually ran (:class:`tdam.evaluation.provenance.EvalFacts` records them). Anything else gets no paper number
+beside it, and the one-line reason says which of these failed (every one that failed).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import pandas as pd
+
 from tdam.models.factory import TD_DEFAULTS, TD_OPTION_DEFAULTS
 
 from .paper import KEY_COLUMNS, flat_config, model_key, norm_key, paper_table, stages_str
 
-__all__ = ["PAPER_SETTING", "PAPER_IMG_SIZE", "IMAGENET_CLASSES", "SETTING_TABLES", "Setting", "paper_setting",
-           "model_name", "off_paper_options", "table3_columns"]
+__all__ = ["PAPER_SETTING", "PAPER_IMG_SIZE", "IMAGENET_CLASSES", "VAL_IMAGES_PER_CLASS", "SPLIT_NAMES",
+           "SETTING_TABLES", "Setting", "paper_setting", "full_split_images", "model_name", "off_paper_options",
+           "table3_columns"]
 
 PAPER_SETTING = "paper setting"  # the reason of a run in the paper's setting
 PAPER_IMG_SIZE = 224             # the test resolution of Tables 1-3
 IMAGENET_CLASSES = 1000
+#: Images per class of the splits the paper evaluates: ILSVRC-12 val has 50 per class (50,000 for 1000 classes), each
+#: ImageNetV2 test set 10 per class (10,000). The 200-class subset of Table 2 keeps its classes' 50 val images each.
+VAL_IMAGES_PER_CLASS = {"v1": 50, "v2": 10}
+SPLIT_NAMES = {"v1": "ImageNet-V1 val", "v2": "ImageNet-V2"}
 SETTING_TABLES = ("table1", "table2", "table3")
 _SUBSET_CLASSES = {"steps_200cls": 200}  # Table 2 sets trained on an ImageNet subset
 _TABLE_NAMES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3"}
@@ -61,20 +75,37 @@ class Setting:
         return PAPER_SETTING if self.matches else "; ".join(self.reasons)
 
 
-def paper_setting(model_config: Mapping, *, num_classes: int | None, img_size: int, imagenet: bool,
-                  table: str = "table1", ablation: tuple[str, str] | None = None) -> Setting:
-    """Whether a run of ``model_config`` (a ``create_model`` config) evaluated on data with ``num_classes`` classes at
-    ``img_size`` px is in the setting of paper ``table`` ('table1', 'table2' or 'table3').
+def full_split_images(split: str, num_classes: int = IMAGENET_CLASSES) -> int:
+    """Images in the whole ``split`` ('v1': ImageNet-V1 val, 'v2': an ImageNet-V2 test set) of ``num_classes``
+    classes: 50,000 and 10,000 for ImageNet's 1000."""
+    if split not in VAL_IMAGES_PER_CLASS:
+        raise ValueError(f"unknown split {split!r}; valid: {list(VAL_IMAGES_PER_CLASS)}")
+    return VAL_IMAGES_PER_CLASS[split] * int(num_classes)
+
+
+def paper_setting(model_config: Mapping, *, num_classes: int | None, img_size: int, imagenet: bool, t: int | None,
+                  images: Mapping[str, int | None], table: str = "table1",
+                  ablation: tuple[str, str] | None = None) -> Setting:
+    """Whether a run of ``model_config`` (a ``create_model`` config: the model as TRAINED) evaluated on data with
+    ``num_classes`` classes at ``img_size`` px, at ``t`` computation steps, on ``images`` is in the setting of paper
+    ``table`` ('table1', 'table2' or 'table3').
 
     ``imagenet``: True when the data is a real ImageNet folder the user gave, False for the embedded tdam-shapes
     stand-in. ``num_classes`` None: not recorded, so the class count cannot be confirmed (never in the paper's
-    setting). Table 2 rows are named, not looked up by model: ``ablation`` = (set, row name), and only the
-    backbone of ``model_config`` is compared with the paper row's.
+    setting). ``t``: the steps the last TD stage ran at evaluation (1 for a model without TD; None: not recorded);
+    it must be the paper row's t. ``images``: {split: images evaluated} for the splits compared ('v1', and 'v2' for
+    Table 1's V2 columns; another split, e.g. 'train', is never the paper's); each must be the whole split
+    (:func:`full_split_images` of the paper's class count); None: not recorded. Table 2 rows are named, not looked
+    up by model: ``ablation`` = (set, row name), and only the backbone of ``model_config`` is compared with the
+    paper row's.
     """
     if table not in SETTING_TABLES:
         raise ValueError(f"unknown paper table {table!r}; valid: {list(SETTING_TABLES)}")
     if (table == "table2") != (ablation is not None):
         raise ValueError("ablation=(set, row) is needed for table='table2' and only for it")
+    if not images:
+        raise ValueError("images: give {split: images evaluated} for at least one of "
+                         f"{list(VAL_IMAGES_PER_CLASS)}")
     if table == "table2":
         row, model_reason = _table2_row(model_config, *ablation)
         classes = _SUBSET_CLASSES.get(ablation[0], IMAGENET_CLASSES)
@@ -91,7 +122,35 @@ def paper_setting(model_config: Mapping, *, num_classes: int | None, img_size: i
                                                           else f"the paper's {classes}-class ImageNet subset"))
     if int(img_size) != PAPER_IMG_SIZE:
         reasons.append(f"evaluated at {img_size} px, not the paper's {PAPER_IMG_SIZE} px")
+    reasons += _steps_reasons(t, _row_steps(table, row))
+    for split, n in images.items():
+        if split not in VAL_IMAGES_PER_CLASS:
+            reasons.append(f"evaluated on the {split!r} split, not a validation split")
+            continue
+        full = full_split_images(split, classes)
+        if n is None:
+            reasons.append(f"{SPLIT_NAMES[split]} images evaluated not recorded")
+        elif int(n) != full:
+            reasons.append(f"{int(n):,} {SPLIT_NAMES[split]} images evaluated, not the whole split's {full:,}")
     return Setting(table=table, model_row=row, reasons=tuple(reasons))
+
+
+def _row_steps(table: str, row: Mapping | None) -> int | None:
+    """The computation steps of a paper row's model (1 without TD); None when there is no row to compare with."""
+    if row is None:
+        return None
+    if table == "table3":
+        return int(table3_columns()[row["column"]]["t"] or 1)
+    t = row.get("t")
+    return 1 if pd.isna(t) else int(t)           # an empty t: a row without TD
+
+
+def _steps_reasons(t: int | None, row_t: int | None) -> list[str]:
+    if t is None:
+        return ["steps t at evaluation not recorded"]
+    if row_t is not None and int(t) != row_t:
+        return [f"evaluated at t={int(t)}, the paper row's t is {row_t}"]
+    return []
 
 
 def off_paper_options(model_config: Mapping) -> dict:

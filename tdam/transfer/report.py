@@ -9,11 +9,14 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from tdam.checkpoint import read_checkpoint
+from tdam.evaluation.provenance import EvalFacts, eval_facts
+from tdam.reference import PROVENANCE_COLUMNS, model_key
 from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer, transfer_key
 
 __all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_table", "PAPER_SETUP",
            "crop_drop_examples", "crop_drop_figure", "transfer_key", "dataset_summary", "chance_level",
-           "save_results", "crop_drop_figures", "crop_drop_panels"]
+           "save_results", "crop_drop_figures", "crop_drop_panels", "transfer_facts"]
 
 # The paper's settings (supplement §1.3, which follows the WS-DAN and ASL recipes): what each run is compared against.
 # ASL: the paper states 40 epochs and a one-cycle schedule (max lr 1e-4, pct_start 0.2); the 41 epochs of an
@@ -106,10 +109,32 @@ def dataset_summary(configs: Sequence[TransferConfig]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def transfer_facts(result: TransferResult) -> EvalFacts:
+    """What the numbers of a transfer run were computed from (:class:`~tdam.evaluation.provenance.EvalFacts`): the
+    run folder, the epochs its ``last.pth`` trained, the backbone's t as stored in the transfer checkpoint (the
+    transfer model runs the backbone as built), the run's ``train_on`` (a TD backbone only), the validation images
+    each epoch evaluated (the whole split, or ``val_batches`` batches per process), the dataset, the image size and
+    the class count."""
+    train = result.config.train
+    last = result.run_dir / "last.pth"
+    stored = read_checkpoint(last)
+    _, val_set = build_transfer_datasets(result.config)
+    images = len(val_set)
+    if train.val_batches:
+        images = min(images, int(train.val_batches) * int(train.batch_size) * int(stored.get("world_size") or 1))
+    stored_config = dict(stored["model_config"])
+    # WS-DAN stores its backbone's config inside its own; ASL's model is the backbone itself
+    backbone = dict(stored_config["backbone"]) if stored_config.get("transfer") == "wsdan" else stored_config
+    return eval_facts(last, t_eval=model_key(backbone)["t"] or 1, images={"val": images}, img_size=train.img_size,
+                      num_classes=len(val_set.classes), data_dir=result.config.data_dir, stored=stored,
+                      model_config=backbone, dataset=result.config.dataset, data_size=result.config.data_size)
+
+
 def results_table(results: Sequence[TransferResult], task: str | None = None) -> pd.DataFrame:
     """One row per run (of ``task`` 'wsdan' / 'asl' only, if given): framework, dataset, backbone, final and best
     values of the task's metrics (WS-DAN raw and refined top-1; ASL mAP / CF1 / OF1, regular and EMA; ASL's reported
-    max(mAP, EMA mAP)) and the chance level. Columns no row has are dropped."""
+    max(mAP, EMA mAP)), the chance level and the provenance columns of :func:`transfer_facts` (the run, its epochs,
+    ``train_on``, profile, t, ``val_images``, data, image size, classes). Metric columns no row has are dropped."""
     if task is not None and task not in _METRICS:
         raise ValueError(f"task={task!r} is not valid: valid choices are {list(_METRICS)} or None")
     rows = []
@@ -118,7 +143,7 @@ def results_table(results: Sequence[TransferResult], task: str | None = None) ->
             continue
         t, h = r.config.task, r.history
         row: dict[str, Any] = {"framework": "WS-DAN" if t == "wsdan" else "ASL", "dataset": r.config.dataset,
-                               "backbone": _backbone_label(r.config), "epochs": len(h)}
+                               "backbone": _backbone_label(r.config)}
         for m in _METRICS[t]:
             vals = [e.get(f"val_{m}") for e in h if e.get(f"val_{m}") is not None]
             row[f"{m}"] = vals[-1] if vals else None
@@ -130,9 +155,12 @@ def results_table(results: Sequence[TransferResult], task: str | None = None) ->
             row["reported_mAP"] = max(v for v in (row.get("best_mAP"), *[e.get("ema_val_mAP") for e in h])
                                       if v is not None)  # ASL reports max(mAP regular, mAP EMA)
         row["chance"] = chance_level(r.config)
+        row.update(transfer_facts(r).columns())
         row["run_dir"] = str(r.run_dir)
         rows.append(row)
-    return pd.DataFrame(rows).dropna(axis=1, how="all")
+    table = pd.DataFrame(rows)
+    empty = [c for c in table.columns if c not in PROVENANCE_COLUMNS and table[c].isna().all()]
+    return table.drop(columns=empty)                # every row's facts stay, also one all rows lack (profile)
 
 
 def save_results(results: Sequence[TransferResult], table: pd.DataFrame, setup: pd.DataFrame,
