@@ -16,7 +16,6 @@ The run's identity is the name of its run folder (``Path(checkpoint).parent.name
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +25,14 @@ import pandas as pd
 
 from tdam.checkpoint import read_checkpoint
 from tdam.reference import PROVENANCE_COLUMNS, Setting, model_key, paper_setting
+from tdam.runs import file_digest
 
 from .data import run_data_settings
 
 if TYPE_CHECKING:
     from .data import EvalRun
 
-__all__ = ["EvalFacts", "eval_facts", "run_facts", "run_identity", "with_provenance", "images_column"]
+__all__ = ["EvalFacts", "eval_facts", "run_facts", "run_name", "with_provenance", "images_column"]
 
 _DIGEST_DIGITS = 12
 
@@ -46,7 +46,7 @@ def images_column(split: str) -> str:
 class EvalFacts:
     """What one evaluation was computed from.
 
-    ``run``: the run's identity (:func:`run_identity`). ``epochs``: epochs the checkpoint had trained (completed
+    ``run``: the run it comes from (:func:`run_name`). ``epochs``: epochs the checkpoint had trained (completed
     epochs, as the trainer stores them; None for a checkpoint not written by the tdam trainer, which records none we
     can trust). ``train_on``: the step a TD model's loss saw ('last' or 'most_confident'; None without TD or not
     recorded). ``profile``: the training profile (None: not recorded or none). ``t_eval``: the steps the last TD
@@ -88,21 +88,14 @@ class EvalFacts:
         return dataclasses.replace(self, **changes)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def run_identity(checkpoint: str | Path, stored: Mapping) -> str:
-    """The identity of the run behind ``checkpoint`` (``stored``: its contents, as read): its run folder's name when
-    the tdam trainer wrote it (it records its run ``config``), else ``<file name>@<SHA-256 prefix>``."""
+def run_name(checkpoint: str | Path, stored: Mapping) -> str:
+    """The run behind ``checkpoint`` (``stored``: its contents, as read): its run folder's name when the tdam trainer
+    wrote it (it records its run ``config``; the name ends with the run's identity, :mod:`tdam.runs.identity`), else
+    ``<file name>@<SHA-256 prefix>``."""
     path = Path(checkpoint)
     if isinstance(stored.get("config"), Mapping):
         return path.resolve().parent.name
-    return f"{path.name}@{_sha256(path)[:_DIGEST_DIGITS]}"
+    return f"{path.name}@{file_digest(path, _DIGEST_DIGITS)}"
 
 
 def eval_facts(checkpoint: str | Path, *, t_eval: int, images: Mapping[str, int], img_size: int,
@@ -133,7 +126,7 @@ def eval_facts(checkpoint: str | Path, *, t_eval: int, images: Mapping[str, int]
     else:
         data, data_tag = "embedded", f"tdam-shapes/{kind}/{size}"
     return EvalFacts(
-        run=run_identity(checkpoint, stored),
+        run=run_name(checkpoint, stored),
         epochs=int(stored["epoch"]) if config and stored.get("epoch") is not None else None,
         train_on=config.get("train_on") if td else None,
         profile=config.get("profile"),
