@@ -102,7 +102,7 @@ def test_help_notebook_gives_every_parameter_a_type_and_help(path):
         help_text = lines[i][len(definition):].strip() or (lines[i + 1].strip() if i + 1 < len(lines)
                                                            and lines[i + 1].startswith(" " * 34) else "")
         assert help_text, f"{path.name}: {stmt.target.id} has no help"
-        assert _matches(kind, ast.literal_eval(stmt.value)), f"{path.name}: {stmt.target.id}: default does not fit {kind}"
+        assert _matches(kind, ast.literal_eval(stmt.value)), f"{path.name}: {stmt.target.id}: default is not {kind}"
 
 
 # the call that validates a notebook's parameters, in the cell right after them
