@@ -50,6 +50,7 @@ import yaml
 
 import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
+from tdam.progress import duration
 from tdam.train.config import TrainConfig, config_changes, describe_changes
 from tdam.train.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
 from tdam.train.runlock import RunLock
@@ -165,16 +166,6 @@ def _atomic_link(src: Path, dst: Path, ckpt: dict[str, Any]) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         save_checkpoint(ckpt, dst)
-
-
-def duration(seconds: float) -> str:
-    """``3725`` -> ``'1h02m'``, ``185`` -> ``'3m05s'``, ``42`` -> ``'42s'`` (an ETA)."""
-    s = max(0, round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 class _Log:
