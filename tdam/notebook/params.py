@@ -1,6 +1,7 @@
 """Notebook parameters: ONE validator per parameter name, shared by the nine notebooks, and the names each one takes.
 
-A notebook's ``parameters`` cell holds its defaults as flat literals (papermill injects overrides after it); the next
+A notebook's ``parameters`` cell holds its defaults as flat literals, one line each: ``name: "type" = default  # help``
+(papermill injects overrides after it, and ``papermill --help-notebook`` shows the type and the help); the next
 cell calls ``p = nb.parameters("<notebook>", globals())``, which
 
 - stops on a name the notebook does not have (:class:`UnknownParameterError`, naming the valid ones): papermill
@@ -14,8 +15,9 @@ cell calls ``p = nb.parameters("<notebook>", globals())``, which
   them: ``-p rows '[ResNet, SE]'`` equals ``-y 'rows: [ResNet, SE]'``;
 - runs the notebook's cross-parameter checks,
 
-so a wrong value fails before any model or data is touched, with a ``ValueError`` naming the parameter and what is
-valid. Called from Python without a value, a name takes the default written in the notebook's ``parameters`` cell.
+so a wrong value fails before any model or data is touched, with a :class:`ParameterError` (a ``ValueError``) naming
+the parameter and what is valid, shown as that one line in the notebook (no frames of the validators). Called from
+Python without a value, a name takes the default written in the notebook's ``parameters`` cell.
 """
 from __future__ import annotations
 
