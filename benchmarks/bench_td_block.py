@@ -58,6 +58,10 @@ def bench(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch, 3, args.img, args.img, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     results = []
+    start = time.perf_counter()
+    print(f"[bench] ResNet-50 vs TD-ResNet-50 on {device}, batch {args.batch} at {args.img}px: settings "
+          f"{', '.join(s[0] for s in settings)}; inference then training, {args.warmup} warm-up + {args.repeats} timed "
+          "repeats of each model", flush=True)
     for name, dtype, cl, compiled in settings:
         xs = x.to(memory_format=torch.channels_last) if cl else x
         models = {"resnet50": tdam.create_model("resnet50"),
@@ -86,6 +90,9 @@ def bench(args: argparse.Namespace) -> dict:
                         times[key].append(time.perf_counter() - t0)
                     if device.type == "cuda":
                         peak[key] = torch.cuda.max_memory_allocated(device) / 2**30
+                print(f"[bench] {name} {phase}: repeat {rep + 1}/{args.warmup + args.repeats}"
+                      f"{' (warm-up)' if rep < args.warmup else ''}, {time.perf_counter() - start:.0f} s so far",
+                      flush=True)
             for key, ts in times.items():
                 row[f"{key}_{phase}_img_s"] = args.batch / statistics.median(ts)
                 if peak:

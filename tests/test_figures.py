@@ -258,3 +258,24 @@ def test_crop_drop_figure_file_is_tagged_with_the_run(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(
         f"07_transfer_crop_drop_cub200-{arch}-td-t3-shapes{'' if size == 'default' else '-tiny'}.png"
         for arch, size in runs)
+
+
+
+def test_overlap_check_catches_run_together_panel_titles():
+    """The check the figure tests use flags the old notebook-06 figure (six columns, the long tdam-shapes class name
+    and its confidence on one line), and the localisation figure now wraps its titles so that none overlap."""
+    from tdam.data.shapes import IMAGENET_CLASSES
+
+    names = [c["words"] for c in IMAGENET_CLASSES]          # e.g. "yellow dots diamond"
+    n = len(names)
+    result = LocalizationResult({"last": torch.ones(n, 3, dtype=torch.bool)}, {"last": torch.ones(n, 2) > 0},
+                                torch.tensor([[2, 2, 10, 10]] * n), torch.arange(n), torch.full((n,), 0.64),
+                                torch.full((n,), 0.33), torch.zeros(n, dtype=torch.long))
+    images, gt = np.full((n, 16, 16, 3), 0.5), [torch.tensor([3, 3, 12, 12])] * n
+    fig = F.localization_figure(images, gt, result, names, list(range(n)), title=RUN)
+    assert F.overlapping_texts(fig) == [] and F.figure_issues(fig, width_in=PAGE) == []
+    for ax, name in zip(fig.axes, names):
+        ax.set_title(f"{name} (0.64)\nIoU 0.33 ✓", fontsize=F.PRINT_STYLE["axes.titlesize"])   # the old titles
+    issues = F.figure_issues(fig, width_in=PAGE)
+    assert any(i.startswith("overlapping text: ") and "(0.64)" in i for i in issues), issues
+    plt.close(fig)

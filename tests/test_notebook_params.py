@@ -64,6 +64,21 @@ def test_unknown_parameter_stops_in_the_validation_cell(name, tmp_path):
     assert all(n in msg for n in nb.NOTEBOOKS[name]), msg          # the valid names, all of them
 
 
+def test_a_parameter_stop_shows_its_message_alone(capsys):
+    """In a kernel the error's traceback is its one-line message (IPython's ``_render_traceback_``), and a notebook's
+    call writes it to stderr at once (shown first by ``papermill --log-output``); a bad value stops the same way."""
+    with pytest.raises(nb.UnknownParameterError) as unknown:
+        nb.parameters("05_attention_shift", {"tt": 3})
+    with pytest.raises(nb.ParameterError) as bad:
+        nb.parameters("05_attention_shift", {"batch_size": 0})
+    for e in (unknown, bad):
+        assert isinstance(e.value, ValueError) and e.value.__cause__ is None
+        assert e.value._render_traceback_() == [f"{type(e.value).__name__}: {e.value}"]
+    assert "batch_size" in str(bad.value)
+    assert capsys.readouterr().err.splitlines() == [f"UnknownParameterError: {unknown.value}",
+                                                    f"ParameterError: {bad.value}"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_unknown_parameter_fails_the_papermill_run(name, tmp_path):
@@ -76,6 +91,7 @@ def test_unknown_parameter_fails_the_papermill_run(name, tmp_path):
         papermill.execute_notebook(str(repo_root() / "notebooks" / f"{name}.ipynb"), str(out), kernel_name="python3",
                                    parameters={"tt": 3}, progress_bar=False)
     assert e.value.ename == "UnknownParameterError" and "has no parameter 'tt'" in e.value.evalue
+    assert e.value.traceback == [f"UnknownParameterError: {e.value.evalue}"]   # the message alone, no frames
     code = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
     failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert failed == [2], f"{name}: failed in code cell {failed}, expected the one after the injected parameters"

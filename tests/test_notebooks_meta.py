@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,8 @@ def test_parameters_cell_of_flat_literals(path):
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged 'parameters'"
     tree = ast.parse("".join(code[0]["source"]))
     for stmt in tree.body:
-        assert isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets), \
-            f"{path.name}: parameters cell line {stmt.lineno} is not `name = literal`"
+        assert isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None, \
+            f"{path.name}: parameters cell line {stmt.lineno} is not `name: \"type\" = literal  # help`"
         ast.literal_eval(stmt.value)        # raises ValueError on anything but a literal
 
 
@@ -58,7 +59,50 @@ def test_papermill_reads_every_parameter(path):
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     tree = ast.parse(cell.source)
     seen = [p.name for p in PythonTranslator().inspect(cell)]
-    assert seen == [t.id for s in tree.body for t in s.targets], f"{path.name}: papermill reads only {seen}"
+    assert seen == [s.target.id for s in tree.body], f"{path.name}: papermill reads only {seen}"
+
+
+# the annotations a parameters cell may use, as the check of a default: papermill shows them as the parameter's type
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _matches(annotation: str, value) -> bool:
+    if annotation.startswith("Optional[") and annotation.endswith("]"):
+        return value is None or _matches(annotation[9:-1], value)
+    if annotation.startswith("list[") and annotation.endswith("]"):
+        return isinstance(value, list) and all(_matches(annotation[5:-1], v) for v in value)
+    kind = _TYPES[annotation]
+    return isinstance(value, kind) and (annotation == "bool" or not isinstance(value, bool))
+
+
+def test_annotation_check_rejects_what_it_should():
+    assert _matches("Optional[list[int]]", None) and _matches("list[int]", [1, 2]) and _matches("float", 1)
+    assert not _matches("int", True) and not _matches("list[int]", [1, "2"]) and not _matches("str", None)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_help_notebook_gives_every_parameter_a_type_and_help(path):
+    """`papermill --help-notebook` lists each parameter with the type annotated in the parameters cell (instead of
+    "Unknown type") and the comment on its line as its help; the annotation fits the default."""
+    from click.testing import CliRunner
+    from papermill.cli import papermill
+
+    result = CliRunner().invoke(papermill, ["--help-notebook", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    cell = next(c for c in _load(path)["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"])
+    tree = ast.parse(source)
+    defined = [i for i, line in enumerate(lines) if re.match(r"  \w+: ", line)]
+    assert len(defined) == len(tree.body), result.output
+    for i, stmt in zip(defined, tree.body):
+        kind = stmt.annotation.value
+        definition = f"  {stmt.target.id}: {kind} (default {ast.get_source_segment(source, stmt.value)})"
+        assert lines[i].startswith(definition), f"{path.name}: {lines[i]!r}, expected {definition!r}"
+        help_text = lines[i][len(definition):].strip() or (lines[i + 1].strip() if i + 1 < len(lines)
+                                                           and lines[i + 1].startswith(" " * 34) else "")
+        assert help_text, f"{path.name}: {stmt.target.id} has no help"
+        assert _matches(kind, ast.literal_eval(stmt.value)), f"{path.name}: {stmt.target.id}: default is not {kind}"
 
 
 # the call that validates a notebook's parameters, in the cell right after them

@@ -14,7 +14,10 @@ SECTIONS = [
     ("README.md", "TD in your own model"),
     ("README.md", "Checkpoints from Python"),
     ("README.md", "Evaluate a folder of images from Python"),
+    ("README.md", "Grad-CAM: where the model looks"),
 ]
+# what a section's example leaves in its folder
+WRITES = {"Grad-CAM: where the model looks": ["gradcam.png", "gradcam_step1.png", "gradcam_step2.png"]}
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^```python\s*\n(.*?)^```\s*$", re.S | re.M)
@@ -69,3 +72,5 @@ def test_documented_example_runs(path, heading, tmp_path, monkeypatch):
             exec(compile(code, f"{path} [{heading}] block {i + 1}", "exec"), namespace)  # noqa: S102
     finally:
         torch.set_num_threads(threads)
+    for name in WRITES.get(heading, []):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG"), name

@@ -39,7 +39,7 @@ def fake_papermill(monkeypatch, tmp_path):
 
     def execute_notebook(source, executed, *, parameters, **kwargs):
         name = source.split("/")[-1].removesuffix(".ipynb")
-        calls.append((name, parameters))
+        calls.append((name, parameters, kwargs["log_output"]))
         if name.startswith("03"):
             raise RuntimeError("boom\nValueError: the last line names the failure")
         (paths.runs_dir() / name).mkdir(parents=True, exist_ok=True)
@@ -84,6 +84,12 @@ def test_cli_exit_codes(fake_papermill, capsys):
     assert "02_eval_imagenet" in capsys.readouterr().out
     assert R.main(["--only", "03"]) == 1
     assert R.main(["--profile", "paper"]) == 2 and "needs data_dir" in capsys.readouterr().err
+
+
+def test_cli_streams_each_notebooks_output_unless_quiet(fake_papermill):
+    """A headless run talks: each notebook's progress lines stream to the terminal (papermill's log_output)."""
+    assert R.main(["--only", "02", "--force"]) == 0 and R.main(["--only", "02", "--force", "--quiet"]) == 0
+    assert [c[2] for c in fake_papermill] == [True, False]
 
 
 def test_gallery_copies_each_notebooks_first_figure(fake_papermill, tmp_path, capsys):

@@ -23,7 +23,7 @@ from tdam.train import TrainConfig, load_config, train
 from tdam.train.cli import main, parse_overrides
 from tdam.train.config import GROUPS
 from tdam.errors import EXIT_INTERRUPTED
-from tdam.train.trainer import duration
+from tdam.progress import duration
 
 ENV = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_WAIT_POLICY": "PASSIVE"}
 PROGRESS = re.compile(r"^  epoch (\d+)/(\d+) update (\d+)/(\d+) step (\d+)/(\d+) loss (\S+) lr (\S+) (\S+) img/s "

@@ -27,6 +27,7 @@ import torch.nn as nn
 from tdam.cam import boxes_from_maps, step_maps
 from tdam.metrics import most_confident_correct, topk_correct, unique_box_correct
 from tdam.models import is_td_model
+from tdam.progress import Progress
 
 from .classes import check_class_count
 
@@ -125,6 +126,16 @@ def _autocast(device: torch.device, amp: str | None):
     return torch.autocast(device_type=device.type, dtype=_AMP[amp])
 
 
+def _num_images(loader: Iterable, max_batches: int | None) -> int | None:
+    """The images ``loader`` yields (at most ``max_batches`` batches of them), or None where it cannot tell."""
+    try:
+        n = len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+    size = getattr(loader, "batch_size", None)
+    return min(n, max_batches * size) if max_batches is not None and size else n
+
+
 def evaluate(
     model: nn.Module,
     loader: Iterable,
@@ -144,6 +155,8 @@ def evaluate(
     Raises :class:`~tdam.evaluation.classes.ClassCountError`, before any image is computed, when ``loader.dataset``
     lists a different number of classes than the model predicts (a loader without a dataset that lists its classes,
     e.g. a list of batches, is not checked).
+
+    Prints progress (images done, rate, ETA: :class:`tdam.progress.Progress`) at most every 10 s, and a final line.
     """
     topk = tuple(int(k) for k in topk)
     if not topk or min(topk) < 1:
@@ -155,6 +168,7 @@ def evaluate(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     targets, correct, steps = [], {}, []
+    progress = Progress("evaluate", _num_images(loader, max_batches))
     start = time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -170,9 +184,11 @@ def evaluate(
             steps.append(out.pop("steps").cpu())
         for name, c in out.items():
             correct.setdefault(name, []).append(c.cpu())
+        progress.update(len(y))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    progress.close()
     if not targets:
         raise ValueError("the loader yielded no batches")
     return EvalResult(
@@ -206,6 +222,7 @@ def accuracy_vs_steps(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval().to(device)
     hits = {s: [] for s in steps}
+    progress = Progress(f"accuracy at t = {', '.join(str(s) for s in steps)}", _num_images(loader, max_batches))
     with torch.no_grad():
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
@@ -214,6 +231,8 @@ def accuracy_vs_steps(
             for s in steps:
                 with model.steps(int(s)):
                     hits[s].append(topk_correct(model(x), y, topk).cpu())
+            progress.update(len(y))
+    progress.close()
     rows = []
     for s in steps:
         c = torch.cat(hits[s]).float().mean(dim=0) * 100.0

@@ -39,7 +39,7 @@ from .selectivity import BlockSelectivity
 __all__ = ["to_display", "attention_shift_figure", "boxes_figure", "localization_figure", "entropy_histograms",
            "plot_accuracy_vs_steps", "resolution_table", "legend_label", "plot_resolution", "plot_scaling",
            "COLUMN_WIDTH_IN", "PAGE_WIDTH_IN", "MIN_FONT_PT", "PRINT_STYLE", "print_style", "figure_title",
-           "heatmap_colorbar", "figure_legibility", "figure_issues", "AXIS_LABELS", "axis_label"]
+           "heatmap_colorbar", "figure_legibility", "figure_issues", "overlapping_texts", "AXIS_LABELS", "axis_label"]
 
 COLUMN_WIDTH_IN = 3.3  # one column of the paper's two-column page, in inches
 PAGE_WIDTH_IN = 7.0    # the full text width, for the multi-panel grids
@@ -145,7 +145,8 @@ def figure_issues(fig: Figure, *, width_in: float = COLUMN_WIDTH_IN) -> list[str
     - a plot axes (one with data and no image) without an x or y label, or a label that is a raw snake_case name;
     - a colour or marker that no legend explains, once the figure uses more than one (for each axes: its own legend
       and the figure's legends); a colour-mapped image without a labelled colour bar;
-    - text smaller than :data:`MIN_FONT_PT` at that width (:func:`figure_legibility`).
+    - text smaller than :data:`MIN_FONT_PT` at that width (:func:`figure_legibility`);
+    - texts drawn over each other (:func:`overlapping_texts`).
     """
     issues = []
     axes = [ax for ax in fig.axes if not hasattr(ax, "_colorbar")]
@@ -177,7 +178,29 @@ def figure_issues(fig: Figure, *, width_in: float = COLUMN_WIDTH_IN) -> list[str
         issues.append("colour-mapped image without a colour bar")
     if (size := figure_legibility(fig, width_in)) < MIN_FONT_PT:
         issues.append(f"smallest text {size:.1f} pt at {width_in} in wide (< {MIN_FONT_PT} pt)")
+    issues += [f"overlapping text: {a!r} and {b!r}" for a, b in overlapping_texts(fig)]
     return issues
+
+
+def overlapping_texts(fig: Figure, *, tolerance_px: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of drawn texts (titles, labels, tick labels, legend entries) whose boxes overlap by more than
+    ``tolerance_px`` pixels both ways, e.g. neighbouring panel titles that run into each other."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    ticks = {id(t.label1): t for ax in axes for axis in (ax.xaxis, ax.yaxis) for t in axis.majorTicks + axis.minorTicks}
+    ticks.update({id(t.label2): t for t in ticks.values()})
+    drawn_ticks = [label for ax in axes if ax.axison for axis in (ax.xaxis, ax.yaxis) for t in axis._update_ticks()
+                   for label in (t.label1, t.label2) if label.get_visible() and label.get_text().strip()]
+    texts = [t for t in _visible_texts(fig) if id(t) not in ticks and (t.axes is None or t.axes.get_visible())]
+    texts += drawn_ticks     # the tick labels inside the view limits: matplotlib keeps (and does not draw) others
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    pairs = []
+    for i, (a, ta) in enumerate(zip(boxes, texts)):
+        for b, tb in zip(boxes[i + 1:], texts[i + 1:]):
+            if min(a.x1, b.x1) - max(a.x0, b.x0) > tolerance_px and min(a.y1, b.y1) - max(a.y0, b.y0) > tolerance_px:
+                pairs.append((ta.get_text(), tb.get_text()))
+    return pairs
 
 
 def to_display(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -277,8 +300,9 @@ def boxes_figure(
     what: str = "Predicted vs ground-truth boxes",
 ) -> Figure:
     """Predicted (red, dashed: the top-1 class's Grad-CAM box) vs ground-truth boxes (green) on the evaluated crops,
-    one panel per image titled ``titles[i]``; a legend names the boxes. The figure title is ``what`` over ``title``
-    (the model and the data).
+    one panel per image titled ``titles[i]`` (each line wrapped to the panel's width, at most two lines, so that
+    neighbouring titles do not run into each other); a legend names the boxes. The figure title is ``what`` over
+    ``title`` (the model and the data).
 
     Printed at the full text width (:data:`PAGE_WIDTH_IN`): ``panel`` (inches, default: that width over ``ncols``)
     sizes each image.
@@ -287,6 +311,7 @@ def boxes_figure(
     ncols = max(1, min(ncols, n))
     size = panel or PAGE_WIDTH_IN / ncols
     nrows = max(1, -(-n // ncols))
+    chars = max(8, int(size * 72 / (0.62 * PRINT_STYLE["axes.titlesize"])))   # ~0.6 em a character
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, nrows * (size + 0.3) + 0.7), squeeze=False,
                              layout="constrained")
     for ax in axes.flat:
@@ -298,7 +323,8 @@ def boxes_figure(
         for b in torch.as_tensor(gt_boxes[i]).reshape(-1, 4):
             _box(ax, b.tolist(), GT_COLOUR)
         _box(ax, pred_boxes[i].tolist(), PRED_COLOUR, ls="--")
-        ax.set_title(titles[i])
+        ax.set_title("\n".join(textwrap.fill(line, chars, max_lines=2, placeholder="…")
+                               for line in titles[i].split("\n")))
         _off(ax)
     keys = [_box_key(GT_COLOUR, "ground truth"), _box_key(PRED_COLOUR, f"predicted: {_CAM_BOX}, top-1 class", "--")]
     fig.legend(handles=keys, loc="outside lower center", ncols=2, frameon=False)
@@ -319,7 +345,7 @@ def localization_figure(
     truth (✓ = Top-1 Loc correct). Pass ``title=`` (the model and the data); printed at the full text width."""
     pos = torch.as_tensor(list(positions), dtype=torch.long)
     hits = result.hits["last"][pos, 0].tolist()
-    titles = [f"{class_names[int(c)]} ({float(p):.2f})\nIoU {float(iou):.2f} {'✓' if h else '✗'}"
+    titles = [f"{class_names[int(c)]}\n({float(p):.2f}), IoU {float(iou):.2f} {'✓' if h else '✗'}"
               for c, p, iou, h in zip(result.last_classes[pos], result.last_confidence[pos], result.last_iou[pos],
                                       hits)]
     kwargs.setdefault("what", "Weak localisation (last step); panel titles: predicted class (confidence), IoU with "

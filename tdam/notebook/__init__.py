@@ -7,7 +7,7 @@ Typical cells: ``p = nb.parameters("06_weak_localization", globals())``, ``td, b
 """
 from .outputs import (data_label, figure_name, file_digest, provenance, run_dir, run_figure_name, save_figure,
                       write_json, write_table)
-from .params import NOTEBOOKS, VALIDATORS, Params, UnknownParameterError, notebook_defaults, parameters
+from .params import NOTEBOOKS, VALIDATORS, Params, ParameterError, UnknownParameterError, notebook_defaults, parameters
 from .runs import (ablation_config, ablation_run, at_steps, checkpoint, evaluated_checkpoints, load_pair,
                    resolve_checkpoint, trained_steps)
 from tdam.evaluation.data import model_label
@@ -15,7 +15,7 @@ from tdam.evaluation.data import model_label
 __all__ = [
     "data_label", "figure_name", "file_digest", "provenance", "run_dir", "run_figure_name", "save_figure",
     "write_json", "write_table",
-    "NOTEBOOKS", "VALIDATORS", "Params", "UnknownParameterError", "notebook_defaults", "parameters",
+    "NOTEBOOKS", "VALIDATORS", "Params", "ParameterError", "UnknownParameterError", "notebook_defaults", "parameters",
     "ablation_config", "ablation_run", "at_steps", "checkpoint", "evaluated_checkpoints", "load_pair",
     "resolve_checkpoint", "trained_steps", "model_label",
 ]

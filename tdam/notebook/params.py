@@ -1,6 +1,7 @@
 """Notebook parameters: ONE validator per parameter name, shared by the nine notebooks, and the names each one takes.
 
-A notebook's ``parameters`` cell holds its defaults as flat literals (papermill injects overrides after it); the next
+A notebook's ``parameters`` cell holds its defaults as flat literals, one line each: ``name: "type" = default  # help``
+(papermill injects overrides after it, and ``papermill --help-notebook`` shows the type and the help); the next
 cell calls ``p = nb.parameters("<notebook>", globals())``, which
 
 - stops on a name the notebook does not have (:class:`UnknownParameterError`, naming the valid ones): papermill
@@ -14,14 +15,16 @@ cell calls ``p = nb.parameters("<notebook>", globals())``, which
   them: ``-p rows '[ResNet, SE]'`` equals ``-y 'rows: [ResNet, SE]'``;
 - runs the notebook's cross-parameter checks,
 
-so a wrong value fails before any model or data is touched, with a ``ValueError`` naming the parameter and what is
-valid. Called from Python without a value, a name takes the default written in the notebook's ``parameters`` cell.
+so a wrong value fails before any model or data is touched, with a :class:`ParameterError` (a ``ValueError``) naming
+the parameter and what is valid, shown as that one line in the notebook (no frames of the validators). Called from
+Python without a value, a name takes the default written in the notebook's ``parameters`` cell.
 """
 from __future__ import annotations
 
 import ast
 import difflib
 import json
+import sys
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,7 +40,7 @@ from tdam.models.td import TD_MODES
 from tdam.validation import check_bool, check_choice, check_int, check_number, resolve_device
 
 __all__ = ["NOTEBOOKS", "VALIDATORS", "Params", "parameters", "notebook_defaults", "ATTENTION_CHOICES",
-           "UnknownParameterError"]
+           "ParameterError", "UnknownParameterError"]
 
 ATTENTION_CHOICES = ("plain", *[a for a in ATTENTIONS if a])   # "plain" (or None) is the backbone without attention
 RESNETS = tuple(a for a in ARCHS if a.startswith("resnet"))
@@ -210,7 +213,7 @@ def _parameters_cell(path: Path) -> dict[str, Any]:
     nb = json.loads(path.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     tree = ast.parse("".join(cell["source"]))
-    return {t.id: ast.literal_eval(s.value) for s in tree.body for t in s.targets}
+    return {s.target.id: ast.literal_eval(s.value) for s in tree.body}   # `name: "type" = literal  # help` lines
 
 
 # Each notebook's parameter names, in order: read from its ``parameters`` cell, the one place they are written (every
@@ -291,18 +294,36 @@ def parameters(notebook: str, values: Mapping[str, Any] | None = None, **overrid
     check_choice("notebook", notebook, sorted(NOTEBOOKS))
     given = {**(values or {}), **overrides}
     names = NOTEBOOKS[notebook]
-    unknown = sorted((set(overrides) | (_injected_names(values) if values is not None else set())) - set(names))
-    if unknown:
-        raise UnknownParameterError(notebook, unknown, names)
-    defaults = {} if all(n in given for n in names) else _CELLS[notebook]
-    p = Params(notebook, {n: VALIDATORS[n](n, given[n] if n in given else defaults[n]) for n in names})
-    _common_checks(p)
-    if notebook in CHECKS:
-        CHECKS[notebook](p)
+    try:
+        unknown = sorted((set(overrides) | (_injected_names(values) if values is not None else set())) - set(names))
+        if unknown:
+            raise UnknownParameterError(notebook, unknown, names)
+        defaults = {} if all(n in given for n in names) else _CELLS[notebook]
+        p = Params(notebook, {n: VALIDATORS[n](n, given[n] if n in given else defaults[n]) for n in names})
+        _common_checks(p)
+        if notebook in CHECKS:
+            CHECKS[notebook](p)
+    except ValueError as e:
+        error = e if isinstance(e, ParameterError) else ParameterError(str(e))
+        if values is not None:       # a notebook's call: say it at once, ahead of papermill's traceback
+            print(f"{type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        raise error from None
     return p
 
 
-class UnknownParameterError(ValueError):
+class ParameterError(ValueError):
+    """A notebook parameter that is wrong: an unknown name, a bad value, or values that do not go together.
+
+    The message is all a notebook shows of it: IPython prints ``_render_traceback_`` instead of the frames of the
+    validators, so papermill's error ends in this one line instead of ~20 lines of library code; and called from a
+    notebook, :func:`parameters` also writes it to stderr as it happens, which ``papermill --log-output`` shows
+    before papermill's own traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+class UnknownParameterError(ParameterError):
     """A parameter the notebook does not have (a typo, or a name of another notebook): papermill only warns about
     these and runs on with the default, so the notebook stops here instead, naming its parameters."""
 

@@ -14,7 +14,9 @@ Profiles:
 Each executed notebook is kept as ``runs/reproduce/<profile>/<notebook>.ipynb`` with a record beside it
 (``<notebook>.json``: parameters, the notebook file's digest, status, wall time, files written). A notebook whose
 record says it finished with the same parameters and the same notebook file is skipped unless ``--force``; so an
-interrupted reproduction continues where it stopped. The run ends with one table: notebook, status, wall time, tables
+interrupted reproduction continues where it stopped. Each notebook's output (its progress lines: training updates,
+images evaluated, rate, ETA) streams to the terminal as it runs, after a line naming the notebook (``--quiet``: only
+that line and one when it ends). The run ends with one table: notebook, status, wall time, tables
 and figures written. Exit status 1 when a notebook failed (the later ones still run; its traceback is in the
 executed copy).
 """
@@ -165,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="an ImageNet folder (profile 'paper')")
     parser.add_argument("--only", nargs="*", default=(), help="notebook numbers or names to run (default: all)")
     parser.add_argument("--force", action="store_true", help="rerun notebooks that are already done")
-    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs to the terminal")
+    parser.add_argument("--quiet", action="store_true", help="print one line per notebook instead of streaming the "
+                        "notebooks' outputs (their progress lines) to the terminal")
     parser.add_argument("--gallery", metavar="FOLDER", help="also copy each notebook's first figure into FOLDER "
                         "(profile 'embedded'; `make gallery` writes the README's gallery, docs/gallery/, which is "
                         "tracked: `make reproduce` leaves it alone)")
@@ -174,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --gallery shows the embedded-data figures; use it with --profile embedded", file=sys.stderr)
         return 2
     try:
-        records = reproduce(args.profile, args.data_dir, only=args.only, force=args.force, log_output=args.log_output)
+        records = reproduce(args.profile, args.data_dir, only=args.only, force=args.force,
+                            log_output=not args.quiet)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,10 +54,11 @@ import yaml
 
 import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
-from tdam.runs import (BEST_EMA_FILE, BEST_FILE, LAST_FILE, RunLock, link_file, read_record, write_json_atomic, write_record,
-                       write_text_atomic)
-from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 from tdam.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
+from tdam.progress import duration
+from tdam.runs import (BEST_EMA_FILE, BEST_FILE, LAST_FILE, RunLock, link_file, read_record, write_json_atomic,
+                       write_record, write_text_atomic)
+from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 from tdam.train.lineage import resolve_run
 from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
 from tdam.train.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
@@ -182,14 +183,6 @@ def train(cfg: TrainConfig, *, task: Task | None = None, datasets: tuple[Any, An
             cleanup()
 
 
-def duration(seconds: float) -> str:
-    """``3725`` -> ``'1h02m'``, ``185`` -> ``'3m05s'``, ``42`` -> ``'42s'`` (an ETA)."""
-    s = max(0, round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 class _Log:
