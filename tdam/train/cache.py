@@ -39,29 +39,36 @@ def _identity(cfg: TrainConfig, key: Mapping[str, Any] | None) -> tuple[str, dic
     return run_identity(request), request
 
 
-def _check_identity(run_dir: Path, identity: str) -> None:
-    """A folder holding a run of another identity (an explicit ``name``/``output_dir`` reused) is an error."""
-    try:
-        record = read_record(run_dir)
-    except ValueError as e:
-        raise ValueError(f"{e}; remove {run_dir} or set another `name`") from None
-    if record is not None and record["identity"] != identity:
-        raise ValueError(f"{run_dir} holds another run (identity {record['identity']}, this request's is {identity}): "
-                         f"remove {run_dir} or set another `name`")
+def _check_same(run_dir: Path, want: Mapping[str, Any], have: Mapping[str, Any]) -> None:
+    """A folder holding a run of another config (an explicit ``name``/``output_dir`` reused, a file replaced) is an
+    error naming the differing keys, never silently reused."""
+    want, have = plain_json(want), plain_json(have)
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ValueError(f"{run_dir} holds a run of a different config (differs in {diff}); remove {run_dir} "
+                         f"or set another `name`")
 
 
 def find_checkpoint(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None) -> Path | None:
     """``best.pth`` (else ``last.pth``) of the finished run of ``cfg`` (``key``: see :func:`ensure_run`), or None
     when it is not finished (interrupted, or trained to the end with outputs missing: :func:`ensure_run` completes
-    it). A folder holding another run raises ValueError (a run is never silently reused)."""
+    it). The folder's record and its checkpoint's config must be the request's: a difference raises ValueError
+    naming the differing keys (a run is never silently reused)."""
     run_dir = cfg.run_dir()
-    if not (run_dir / LAST_FILE).is_file():
+    last = run_dir / LAST_FILE
+    if not last.is_file():
         return None
-    _check_identity(run_dir, _identity(cfg, key)[0])
+    try:
+        record = read_record(run_dir)
+    except ValueError as e:
+        raise ValueError(f"{e}; remove {run_dir} or set another `name`") from None
+    if record is not None:
+        _check_same(run_dir, _identity(cfg, key)[1], record["request"])
     if run_state(run_dir).state != "finished":
         return None
+    _check_same(run_dir, semantic_config(cfg), semantic_config(read_checkpoint(last).get("config", {})))
     best = run_dir / BEST_FILE
-    return best if best.is_file() else run_dir / LAST_FILE
+    return best if best.is_file() else last
 
 
 def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
