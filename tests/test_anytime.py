@@ -1,7 +1,7 @@
 """Anytime prediction: ``forward_anytime`` against the per-image selection from ``forward_steps``, the images each
 step runs on, the per-step MACs, the accuracy-compute curve and notebook 02's section. Small inputs (64 px, batch 8,
-7 classes); the classifier is rescaled so that the max-softmax confidences spread over (0, 1) and the thresholds split the
-batch."""
+7 classes); the classifier is rescaled so that the max-softmax confidences spread over (0, 1) and the thresholds
+split the batch."""
 from __future__ import annotations
 
 import json
@@ -39,8 +39,8 @@ def _head(model: nn.Module) -> nn.Linear:
 
 def _confident(model: nn.Module) -> nn.Module:
     """``model`` in eval mode with its classifier re-centred and rescaled on a calibration batch, so that the
-    max-softmax confidences of random images at step 1 spread over (0, 1) and a threshold can split a batch; ConvNeXt's layer
-    scales (1e-6 at init, which would make every step give the same logits) set to 1."""
+    max-softmax confidences of random images at step 1 spread over (0, 1) and a threshold can split a batch;
+    ConvNeXt's layer scales (1e-6 at init, which would make every step give the same logits) set to 1."""
     model.eval()
     with torch.no_grad():
         for m in model.modules():
@@ -92,11 +92,12 @@ def reference(step_logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor
     """The rule from the stacked step logits (t, B, C), image by image: the first step with max-softmax >=
     threshold, else the last."""
     t, b, _ = step_logits.shape
+    conf = step_logits.float().softmax(-1).amax(-1)  # (t, B)
     steps, logits = [], []
     for i in range(b):
         k = t
         for j in range(t):
-            if step_logits[j, i].float().softmax(0).max().item() >= threshold:
+            if conf[j, i].item() >= threshold:
                 k = j + 1
                 break
         steps.append(k)
@@ -132,6 +133,12 @@ def test_anytime_logits_are_the_selection_from_forward_steps(name):
         torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-5)
         mixed += len(set(steps.tolist())) > 1
     assert mixed >= 1  # some threshold sent part of the batch on and stopped the rest
+    # a confidence exactly at the threshold stops (>=): step 1 is the same full-batch computation in both passes
+    conf1 = step_logits[0].float().softmax(1).amax(1)
+    i = int(conf1.argsort()[4])
+    with torch.no_grad():
+        steps = model.forward_anytime(x, conf1[i].item())[1]
+    assert steps[i] == 1 and torch.equal(steps, reference(step_logits, conf1[i].item())[0])
     with torch.no_grad():
         assert torch.equal(model.forward_anytime(x, 0.0)[1], torch.ones(8, dtype=torch.long))
         assert torch.equal(model.forward_anytime(x, 1.01)[1], torch.full((8,), t))

@@ -164,9 +164,10 @@ class StepsMixin:
         In eval mode the logits equal ``forward_steps(x)[steps[i] - 1][i]`` for every image i (up to the floating-
         point effect of the smaller batch). In train mode each step's BatchNorm layers normalise with, and update
         their running statistics from, the images still going at that step (a smaller batch than in
-        ``forward_steps``); gradients flow through the selected logits only. ``torch.compile``: the number of images
-        going on to the next step is data-dependent, so each step is its own graph (a graph break per step) and the
-        shapes vary from batch to batch; compile with ``dynamic=True``, or compile the model and call this eagerly.
+        ``forward_steps``; like any BatchNorm in train mode, it fails on a single image with a 1 x 1 map); gradients
+        flow through the selected logits only. ``torch.compile``: the number of images going on to the next step is
+        data-dependent, so each step is its own graph (a graph break per step) and the shapes vary from batch to
+        batch; compile with ``dynamic=True``, or compile the model and call this eagerly.
         """
         threshold = _check_threshold(threshold)
         h = self.forward_shared(x)
@@ -245,7 +246,8 @@ class TDTorchvisionResNet(StepsMixin, tv_resnet.ResNet):
 class NamedStagesMixin(StepsMixin):
     """Steps for a model whose stages tdam does not know: its stages are the modules named in ``td_stages_names``
     (dotted names, in the model's order). The model's own ``forward`` is the only way through it, so
-    ``forward_steps`` runs the whole model once per step count (same results, no shared stem computation)."""
+    ``forward_steps`` runs the whole model once per step count (same results, no shared stem computation), and
+    ``forward_anytime`` runs it once per step on the images still going."""
 
     td_stage_names: tuple[str, ...] = ()  # set on the model by tdam.add_td
     _model_class: type = nn.Module  # the model's own class, under the derived one
