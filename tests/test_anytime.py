@@ -355,3 +355,14 @@ def test_notebook_02_ends_with_the_anytime_section():
     for needle in ('write_table(curve, RUN, "anytime_curve")', "plot_anytime_curve(", "save_figure(",
                    "NBVAL_CHECK_OUTPUT", "assert_frame_equal(pd.read_csv("):
         assert needle in section, needle
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """The README's "Anytime prediction" section runs as written (its ```python blocks in one namespace)."""
+    from test_readme_examples import python_blocks
+
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__doc_example__"}
+    for i, code in enumerate(python_blocks(repo_root() / "README.md", "Anytime prediction")):
+        exec(compile(code, f"README.md [Anytime prediction] block {i + 1}", "exec"), namespace)  # noqa: S102
+    assert namespace["steps"].shape == (8,) and len(namespace["macs"]) == 2
