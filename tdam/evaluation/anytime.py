@@ -6,7 +6,8 @@ sweep of thresholds and puts beside it the model's fixed step counts 1 .. t (``m
 and the supplement's most-confident step (``forward_steps``: every step for every image). Per point: top-k accuracy,
 mean steps, mean GMACs per image (paper convention, :func:`tdam.complexity.anytime_macs` for the anytime points) and
 measured images/s. Every point runs on the same batches, interleaved (the order rotates from batch to batch), timed
-around the model call only (data loading excluded), so the images/s ratios hold within one run and device.
+around the model call and the top-k check (data loading excluded), so the images/s ratios hold within one run and
+device.
 :func:`plot_anytime_curve` draws top-1 against GMACs.
 """
 from __future__ import annotations
@@ -80,9 +81,9 @@ def anytime_curve(
     ``top1``/``top5``... (%), ``mean_steps`` (steps of the last TD stage run per image: for anytime rows the step it
     stopped at), ``gmacs`` (mean MACs per image / 1e9, paper convention at the loader's image size; an anytime image
     that stops at step k pays the shared part once and steps 1 .. k; most-confident pays every step), ``images_per_s``
-    (model calls only, under ``torch.inference_mode``), ``stop_at_1`` .. ``stop_at_t`` (fraction of the images that
-    stopped at each step; anytime rows), and the measurement labels (images, device, dtype, batch, img_size,
-    channels_last). The model is put in eval mode and on ``device`` (default: the model's device).
+    (the model call and the top-k check, under ``torch.inference_mode``), ``stop_at_1`` .. ``stop_at_t`` (fraction
+    of the images that stopped at each step; anytime rows), and the measurement labels (images, device, dtype, batch,
+    img_size, channels_last). The model is put in eval mode and on ``device`` (default: the model's device).
     """
     if not callable(getattr(model, "forward_anytime", None)):
         raise ValueError(f"{type(model).__name__} has no forward_anytime: the anytime curve needs a tdam model "

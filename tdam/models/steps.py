@@ -166,8 +166,9 @@ class StepsMixin:
         their running statistics from, the images still going at that step (a smaller batch than in
         ``forward_steps``; like any BatchNorm in train mode, it fails on a single image with a 1 x 1 map); gradients
         flow through the selected logits only. ``torch.compile``: the number of images going on to the next step is
-        data-dependent, so each step is its own graph (a graph break per step) and the shapes vary from batch to
-        batch; compile with ``dynamic=True``, or compile the model and call this eagerly.
+        data-dependent (inherent to early exit), so the graph breaks there (``torch._dynamo.explain`` counts 2 breaks
+        for t=2) and the later steps' batch sizes vary; ``torch.compile(model.forward_anytime, dynamic=True)`` gives
+        the eager results with symbolic batch sizes.
         """
         threshold = _check_threshold(threshold)
         h = self.forward_shared(x)
