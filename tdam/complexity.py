@@ -27,6 +27,12 @@ digit (R50 TDtop m=3 aside: the published row does not match the public m=3 bloc
 - ConvNeXt-T TDjoint m=1 / m=2 (5.86 / 7.25 vs 5.50 / 6.54): not a counting question; the second step of a TD
   ConvNeXt block recomputes more here than in the paper's model (0.36 / 0.71 G, about a quarter of the TD overhead).
 
+Anytime prediction (``forward_anytime``): :func:`anytime_macs` gives, in the same convention, the MACs of one image
+that stops at step k -- the shared stem and earlier stages once plus steps 1 .. k, each a full run of the last TD stage
+at that step count and of the head -- by counting exactly that computation; :func:`mean_macs` averages them over the
+steps a batch stopped at. The gather/scatter of the images going on costs no MACs (it is memory traffic: measure it
+as images/s, see ``benchmarks/bench_anytime.py``).
+
 ``flops_full`` counts every ATen operation instead: matrix products and convolutions as 2 x MACs (torch's
 FlopCounterMode), plus one FLOP per output element of every point-wise op (gates, sigmoids, adds, activations) and one
 per input element of every reduction, pooling and normalisation -- so the TD gates and the searchlight pooling are
@@ -37,12 +43,13 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["count_params", "flops", "flops_full"]
+__all__ = ["count_params", "flops", "flops_full", "anytime_macs", "mean_macs"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -84,6 +91,43 @@ def flops(model: nn.Module, img_size: int = 224) -> int:
     if macs is None:
         raise RuntimeError("ptflops failed to count this model (it printed its error to stdout)")
     return int(macs)
+
+
+class _FirstSteps(nn.Module):
+    """What an image that stops at step ``k`` runs: ``model.forward_shared`` once, then ``model.forward_step`` for
+    steps 1 .. k (the path of ``forward_anytime``)."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+        self.training = model.training  # flops() restores this mode on the whole wrapper, so on ``model`` too
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.model.forward_shared(x)
+        return [self.model.forward_step(h, j) for j in range(1, self.k + 1)]
+
+
+def anytime_macs(model: nn.Module, img_size: int = 224) -> list[int]:
+    """MACs (paper convention, :func:`flops`) of one 3 x ``img_size`` x ``img_size`` image that stops at step k, for
+    k = 1 .. ``model.td_steps`` (entry k-1). ``model``: a tdam model with ``forward_anytime`` (its steps class, see
+    :mod:`tdam.models.steps`); an ``add_td`` model with named stages shares nothing, so there step k costs a whole
+    model run."""
+    if not callable(getattr(model, "forward_anytime", None)):
+        raise ValueError(f"{type(model).__name__} has no forward_anytime: anytime MACs need a model from "
+                         "tdam.create_model, timm's registry or tdam.add_td")
+    return [flops(_FirstSteps(model, k), img_size) for k in range(1, model.td_steps + 1)]
+
+
+def mean_macs(macs_per_step: Sequence[int], steps: torch.Tensor) -> float:
+    """Mean MACs per image of a batch whose images stopped at ``steps`` (1-based, as ``forward_anytime`` returns
+    them), ``macs_per_step`` from :func:`anytime_macs`."""
+    steps = torch.as_tensor(steps).detach().cpu().long().flatten()
+    if steps.numel() == 0:
+        raise ValueError("steps is empty: no image to average over")
+    if int(steps.min()) < 1 or int(steps.max()) > len(macs_per_step):
+        raise ValueError(f"steps must lie in 1..{len(macs_per_step)} (one MAC count per step), got "
+                         f"{int(steps.min())}..{int(steps.max())}")
+    return float(torch.tensor([float(m) for m in macs_per_step], dtype=torch.float64)[steps - 1].mean())
 
 
 _aten = torch.ops.aten

@@ -6,9 +6,13 @@ computing the stem and the earlier stages once. Every model built by ``tdam.crea
 single step) is one of the classes below: timm's model class plus these methods. ``tdam.add_td`` gives a torchvision
 ResNet :class:`TDTorchvisionResNet`, and any other model a class whose stages are the modules named in ``td_stages``
 (:class:`NamedStagesMixin`: ``forward_steps`` there runs the whole model once per step count).
+
+``forward_anytime(x, threshold)`` stops each image at the first step whose max-softmax reaches ``threshold``
+(anytime prediction): the shared part once, each later step only on the images still going.
 """
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -112,6 +116,25 @@ class StepsMixin:
             for b, old in zip(blocks, saved):
                 b.t = old
 
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """What every step starts from: the stem and the stages before the last TD stage (run once per image)."""
+        stages = self.stage_list()
+        x = self.forward_stem(x)
+        for stage in stages[:(self.last_td_stage or len(stages)) - 1]:
+            x = stage(x)
+        return x
+
+    def forward_step(self, h: torch.Tensor, k: int, features: bool = False):
+        """Step ``k`` from the shared map ``h`` (:meth:`forward_shared`): the last TD stage at ``k`` steps, the
+        stages after it and the head; logits, or ``(feature_map, logits)`` with ``features=True``."""
+        stages = self.stage_list()
+        with self.steps(k):
+            for stage in stages[(self.last_td_stage or len(stages)) - 1:]:
+                h = stage(h)
+            f = self.forward_post(h)
+            logits = self.forward_head(f)
+        return (f, logits) if features else logits
+
     def forward_steps(self, x: torch.Tensor, features: bool = False) -> list:
         """Logits for steps 1 .. t of the last TD stage; stem and earlier stages run once.
 
@@ -119,21 +142,60 @@ class StepsMixin:
         ``forward_features`` returns at that step (still in the autograd graph, e.g. for Grad-CAM).
         Meant for evaluation: in train mode every step updates the BatchNorm statistics it uses.
         """
-        stages = self.stage_list()
-        last = self.last_td_stage or len(stages)
-        x = self.forward_stem(x)
-        for stage in stages[:last - 1]:
-            x = stage(x)
-        out = []
-        for k in range(1, self.td_steps + 1):
-            with self.steps(k):
-                y = x
-                for stage in stages[last - 1:]:
-                    y = stage(y)
-                f = self.forward_post(y)
-                logits = self.forward_head(f)
-            out.append((f, logits) if features else logits)
-        return out
+        h = self.forward_shared(x)
+        return [self.forward_step(h, k, features) for k in range(1, self.td_steps + 1)]
+
+    def forward_anytime(self, x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anytime prediction: each image stops at the first step whose max-softmax is >= ``threshold``.
+
+        Returns ``(logits, steps)``: logits (B, classes) of the step each image stopped at and ``steps`` (B,) int64,
+        that step (1-based). The rule: the first step k in 1 .. t (``td_steps``) with ``softmax(logits_k).max() >=
+        threshold`` (confidence computed in float32), else t. So ``threshold`` 0 stops every image at step 1 and any
+        ``threshold`` > 1 runs every image to step t.
+
+        Computation: :meth:`forward_shared` (the stem and earlier stages) runs once for the whole batch; step 1 runs
+        on every image; step k+1 runs only on the images not yet confident after step k: their rows of the shared map
+        are gathered (``h[keep]``, which keeps channels_last), the step runs on that smaller batch, and its logits are
+        written back into the output (``index_copy``). An image that stops at step k has cost the shared part once
+        plus steps 1 .. k, each a full run of the last TD stage at that step count (step k+1 re-runs the whole stage:
+        only the first TD block's work of steps 1 .. k would carry over, every later block gets a different input);
+        :func:`tdam.complexity.anytime_macs` counts it. When every image runs to step t this is ``forward_steps``.
+
+        In eval mode the logits equal ``forward_steps(x)[steps[i] - 1][i]`` for every image i (up to the floating-
+        point effect of the smaller batch). In train mode each step's BatchNorm layers normalise with, and update
+        their running statistics from, the images still going at that step (a smaller batch than in
+        ``forward_steps``; like any BatchNorm in train mode, it fails on a single image with a 1 x 1 map); gradients
+        flow through the selected logits only. ``torch.compile``: the number of images going on to the next step is
+        data-dependent (inherent to early exit), so the graph breaks there (``torch._dynamo.explain`` counts 2 breaks
+        for t=2) and the later steps' batch sizes vary; ``torch.compile(model.forward_anytime, dynamic=True)`` gives
+        the eager results with symbolic batch sizes.
+        """
+        threshold = _check_threshold(threshold)
+        h = self.forward_shared(x)
+        logits = self.forward_step(h, 1)
+        n = logits.shape[0]
+        steps = torch.ones(n, dtype=torch.long, device=logits.device)
+        going = torch.arange(n, device=logits.device)  # batch indices of the images that ran the last step
+        last = logits
+        for k in range(2, self.td_steps + 1):
+            keep = (last.detach().float().softmax(1).amax(1) < threshold).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < going.numel():
+                going = going[keep]
+                h = h[keep]  # advanced indexing keeps the memory format (index_select would drop channels_last)
+            last = self.forward_step(h, k)
+            logits = logits.index_copy(0, going, last.to(logits.dtype))
+            steps = steps.index_fill(0, going, k)
+        return logits, steps
+
+
+def _check_threshold(threshold) -> float:
+    """``threshold`` as a float; a clear error for anything but a real number >= 0."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not threshold >= 0:
+        raise ValueError(f"threshold={threshold!r} is not valid: a max-softmax confidence, a real number >= 0 "
+                         "(0: every image stops at step 1; > 1: every image runs all t steps)")
+    return float(threshold)
 
 
 class TDResNet(StepsMixin, ResNet):
@@ -185,7 +247,8 @@ class TDTorchvisionResNet(StepsMixin, tv_resnet.ResNet):
 class NamedStagesMixin(StepsMixin):
     """Steps for a model whose stages tdam does not know: its stages are the modules named in ``td_stages_names``
     (dotted names, in the model's order). The model's own ``forward`` is the only way through it, so
-    ``forward_steps`` runs the whole model once per step count (same results, no shared stem computation)."""
+    ``forward_steps`` runs the whole model once per step count (same results, no shared stem computation), and
+    ``forward_anytime`` runs it once per step on the images still going."""
 
     td_stage_names: tuple[str, ...] = ()  # set on the model by tdam.add_td
     _model_class: type = nn.Module  # the model's own class, under the derived one
@@ -193,16 +256,18 @@ class NamedStagesMixin(StepsMixin):
     def stage_list(self) -> list[nn.Module]:
         return [self.get_submodule(name) for name in self.td_stage_names]
 
-    def forward_steps(self, x: torch.Tensor, features: bool = False) -> list:
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Nothing is shared between steps here: every step runs the whole model."""
+        return x
+
+    def forward_step(self, h: torch.Tensor, k: int, features: bool = False):
+        """The whole model at ``k`` steps (its own ``forward``); logits only."""
         if features:
             raise ValueError(f"forward_steps(features=True) needs the feature map before the head, which tdam knows "
                              f"only for timm ResNet/ConvNeXt/MobileNetV3 and torchvision ResNet, not for "
                              f"{self._model_class.__name__}")
-        out = []
-        for k in range(1, self.td_steps + 1):
-            with self.steps(k):
-                out.append(self(x))
-        return out
+        with self.steps(k):
+            return self(h)
 
 
 # library model class -> its steps class (whose stage_list, forward_stem and head tdam knows)
