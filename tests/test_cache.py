@@ -116,7 +116,7 @@ def test_notebook01_reads_force_and_name():
 
     nb = nbformat.read(repo_root() / "notebooks" / "01_train_imagenet.ipynb", as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    assert 'force: "bool" = False' in code[0] and 'name: "str | None" = None' in code[0]
+    assert 'force: "bool" = False' in code[0] and 'name: "Optional[str]" = None' in code[0]
     assert any("train_or_reuse(cfg, gpus=p.gpus, force=p.force)" in c for c in code)
 
 
