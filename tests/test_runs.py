@@ -320,3 +320,15 @@ def test_prune_leaves_a_training_run_alone_and_it_finishes(tmp_path, shapes_tiny
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     assert run.is_dir() and run_state(run).state == "finished" and "done: best val top-1" in out
+
+
+def test_the_readme_names_the_runs_its_commands_make():
+    """The run folders the README shows are the ones its commands name (they change with any field of the config)."""
+    from tdam.train import checkpoint_config
+
+    readme = (repo_root() / "README.md").read_text()
+    assert f"`{checkpoint_config('resnet18', 'td', None).run_name()}`, the demo's run" in readme
+    cli = load_config("resnet18_td_joint_t2_m1", profile="smoke",
+                      **parse_overrides("--epochs 2 --steps_per_epoch 6 --log_interval 2".split()))
+    assert "--epochs 2 --steps_per_epoch 6 --log_interval 2`" in readme
+    assert f"checkpoint runs/01_train_imagenet/{cli.run_name()}/best.pth" in readme
