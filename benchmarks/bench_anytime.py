@@ -22,8 +22,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads on a shared CPU
 
@@ -33,32 +31,9 @@ import torch  # noqa: E402
 import tdam  # noqa: E402
 from tdam.complexity import anytime_macs, flops, mean_macs  # noqa: E402
 from tdam.evaluation.cost import device_name  # noqa: E402
+from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fns: dict, device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median wall and process-CPU seconds of each callable, interleaved in every repeat (load drifts on a shared
-    machine hit all of them alike)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            _sync(device)
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
 def _threshold(conf1: torch.Tensor, go_on: float) -> float:
@@ -133,7 +108,7 @@ def main(argv=None) -> dict:
         overheads[f"exit_overhead@{f:g}"] = run(lambda keep=keep, th=thresholds[f]: (
             (step_logits.float().softmax(1).amax(1) < th).nonzero(), h[keep],
             step_logits.index_copy(0, keep, step_logits[:keep.numel()])))
-    t = _timed({**fns, **overheads}, device, a.warmup, a.repeats)
+    t = timed({**fns, **overheads}, device, a.warmup, a.repeats)
     base_wall, base_cpu = t["fixed_t"]
     points = {}
     for name in fns:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads on a shared CPU
 
@@ -27,27 +25,7 @@ import tdam  # noqa: E402
 from tdam.evaluation import evaluate  # noqa: E402
 from tdam.cam import step_maps  # noqa: E402
 from tdam.evaluation.cost import device_name  # noqa: E402
-
-
-def _timed(fns: dict, device, warmup, repeats) -> dict:
-    """Median wall and process-CPU seconds of each callable, the callables interleaved in every repeat (so that
-    load drifts on a shared machine hit all of them alike)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    wall = {k: [] for k in fns}
-    cpu = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            wall[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.process_time() - c0)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 
 def main(argv=None) -> dict:
@@ -79,7 +57,7 @@ def main(argv=None) -> dict:
             for x, _ in data:
                 step_maps(model, x.to(device), maps=False)
 
-    t = _timed({"plain": lambda: evaluate(model, data, td_metrics=False, **kw), "steps": steps_only,
+    t = timed({"plain": lambda: evaluate(model, data, td_metrics=False, **kw), "steps": steps_only,
                 "three": lambda: evaluate(model, data, td_metrics=True, **kw)}, device, a.warmup, a.repeats)
     (t_plain, c_plain), (t_steps, c_steps), (t_three, c_three) = t["plain"], t["steps"], t["three"]
     out = {
