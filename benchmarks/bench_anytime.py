@@ -19,7 +19,6 @@ Reports images/s (median of repeats after a warm-up) and ratios to ``fixed_t`` i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 
@@ -30,10 +29,10 @@ import torch  # noqa: E402
 
 import tdam  # noqa: E402
 from tdam.complexity import anytime_macs, flops, mean_macs  # noqa: E402
+from tdam.evaluation.classification import AMP_DTYPES, autocast  # noqa: E402
 from tdam.evaluation.cost import device_name  # noqa: E402
 from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
-_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _threshold(conf1: torch.Tensor, go_on: float) -> float:
@@ -60,7 +59,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--go-on", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                     help="fractions of the batch not confident after step 1 (each sets one threshold)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--amp", default="fp32", choices=sorted(_AMP))
+    ap.add_argument("--amp", default="fp32", choices=sorted(k for k in AMP_DTYPES if k))
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
@@ -78,8 +77,7 @@ def main(argv=None) -> dict:
     model = model.to(device, memory_format=fmt)
     x = torch.randn(a.batch, 3, a.img_size, a.img_size, generator=torch.Generator().manual_seed(0))
     x = x.to(device).contiguous(memory_format=fmt)
-    amp = (torch.autocast(device_type=device.type, dtype=_AMP[a.amp]) if _AMP[a.amp] is not None
-           else contextlib.nullcontext())
+    amp = autocast(device, a.amp)
 
     def run(fn):
         def timed():

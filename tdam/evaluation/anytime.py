@@ -12,7 +12,6 @@ device.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Sequence
 
@@ -26,7 +25,9 @@ from tdam import complexity
 from tdam.metrics import most_confident_correct, topk_correct
 
 from .classes import check_class_count
-from .cost import device_name
+from .classification import autocast
+from .cost import device_name, sync
+from .data import device_batches, on_device
 from .figures import COLUMN_WIDTH_IN, axis_label, figure_title, print_style
 
 __all__ = ["ANYTIME_THRESHOLDS", "anytime_curve", "plot_anytime_curve"]
@@ -34,12 +35,6 @@ __all__ = ["ANYTIME_THRESHOLDS", "anytime_curve", "plot_anytime_curve"]
 # the default sweep: 0 stops every image at step 1, 1.01 runs every image to step t; denser at low confidences,
 # where a model with few classes or a short schedule has most of its step-1 max-softmax values
 ANYTIME_THRESHOLDS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.01)
-_AMP = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _points(model: nn.Module, thresholds: Sequence[float]) -> list[tuple[str, float]]:
@@ -91,41 +86,30 @@ def anytime_curve(
     topk = tuple(int(k) for k in topk)
     if not topk or min(topk) < 1:
         raise ValueError(f"topk must be positive integers, got {topk}")
-    if amp not in _AMP:
-        raise ValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
     if not thresholds:
         raise ValueError("thresholds is empty: give at least one confidence threshold")
     if getattr(loader, "dataset", None) is not None:
         check_class_count(model, loader.dataset)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval().to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    device = on_device(model, device, channels_last=channels_last)
+    autocast(device, amp)                                     # a wrong amp name fails before any pass
     points = _points(model, thresholds)
-    autocast = (torch.autocast(device_type=device.type, dtype=_AMP[amp]) if _AMP[amp] is not None
-                else contextlib.nullcontext())
     correct = [[] for _ in points]
     steps = [[] for _ in points]
     seconds = [0.0] * len(points)
     size = batch = None
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.as_tensor(y).to(device, non_blocking=True)
+    batches = device_batches(loader, device, channels_last=channels_last, max_batches=max_batches)
+    for i, (x, y) in enumerate(batches):
         if size is None:
             if x.shape[-1] != x.shape[-2]:
                 raise ValueError(f"the MAC counts need square images, got {tuple(x.shape[-2:])}")
             size, batch = int(x.shape[-1]), int(x.shape[0])
         shift = i % len(points)
         for j in [*range(shift, len(points)), *range(shift)]:  # interleaved: each point goes first in turn
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast(device, amp):
                 c, s = _run(model, *points[j], x, y, topk)
-            _sync(device)
+            sync(device)
             seconds[j] += time.perf_counter() - start
             correct[j].append(c.cpu())
             steps[j].append(s.cpu())

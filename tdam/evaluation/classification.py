@@ -30,6 +30,8 @@ from tdam.models import is_td_model
 from tdam.progress import Progress
 
 from .classes import check_class_count
+from .cost import sync
+from .data import device_batches, on_device
 
 __all__ = [
     "TD_METRICS",
@@ -41,7 +43,7 @@ __all__ = [
 
 TD_METRICS = ("last", "most_confident", "unique_box")
 METRIC_LABELS = {"last": "last", "most_confident": "most-confident", "unique_box": "paper (unique-box)"}
-_AMP = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # amp= -> autocast dtype
 
 
 def batch_metrics(
@@ -118,12 +120,14 @@ class EvalResult:
         return out
 
 
-def _autocast(device: torch.device, amp: str | None):
-    if amp not in _AMP:
-        raise ValueError(f"amp must be one of {sorted(k for k in _AMP if k)} or None, got {amp!r}")
-    if _AMP[amp] is None:
+def autocast(device: torch.device, amp: str | None):
+    """The autocast context of ``amp`` (:data:`AMP_DTYPES`; fp32 / None: none) on ``device``; a wrong name is a
+    ValueError naming the choices."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {sorted(k for k in AMP_DTYPES if k)} or None, got {amp!r}")
+    if AMP_DTYPES[amp] is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP[amp])
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def _num_images(loader: Iterable, max_batches: int | None) -> int | None:
@@ -163,21 +167,12 @@ def evaluate(
         raise ValueError(f"topk must be positive integers, got {topk}")
     if getattr(loader, "dataset", None) is not None:
         check_class_count(model, loader.dataset)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval().to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    device = on_device(model, device, channels_last=channels_last)
     targets, correct, steps = [], {}, []
     progress = Progress("evaluate", _num_images(loader, max_batches))
     start = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.as_tensor(y).to(device, non_blocking=True)
-        with _autocast(device, amp):
+    for x, y in device_batches(loader, device, channels_last=channels_last, max_batches=max_batches):
+        with autocast(device, amp):
             out = batch_metrics(model, x, y, topk, td_metrics=td_metrics)
         targets.append(y.cpu())
         if "steps" in out:
@@ -185,8 +180,7 @@ def evaluate(
         for name, c in out.items():
             correct.setdefault(name, []).append(c.cpu())
         progress.update(len(y))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     seconds = time.perf_counter() - start
     progress.close()
     if not targets:
@@ -219,15 +213,11 @@ def accuracy_vs_steps(
     if not hasattr(model, "steps"):
         raise ValueError("accuracy against t needs a TD model (with a `steps(k)` context manager)")
     topk = tuple(int(k) for k in topk)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model.eval().to(device)
+    device = on_device(model, device)
     hits = {s: [] for s in steps}
     progress = Progress(f"accuracy at t = {', '.join(str(s) for s in steps)}", _num_images(loader, max_batches))
     with torch.no_grad():
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = x.to(device), torch.as_tensor(y).to(device)
+        for x, y in device_batches(loader, device, max_batches=max_batches):
             for s in steps:
                 with model.steps(int(s)):
                     hits[s].append(topk_correct(model(x), y, topk).cpu())

@@ -48,7 +48,8 @@ def _check(mode: str, dtype: str, batch_size: int, img_size: int, warmup: int, r
                          f"{img_size}, {warmup}, {repeats}")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA) before reading a clock; a no-op on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -104,7 +105,7 @@ def measure_speed(
 
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -112,7 +113,7 @@ def measure_speed(
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 1e9

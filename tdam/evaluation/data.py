@@ -59,6 +59,28 @@ def eval_loader(dataset, *, batch_size: int = 50, workers: int = 0, max_images: 
                       persistent_workers=False)
 
 
+def on_device(model: nn.Module, device: str | torch.device | None, *, channels_last: bool = False) -> torch.device:
+    """Put ``model`` in eval mode on ``device`` (None: where it is), channels-last when asked; returns the device."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return device
+
+
+def device_batches(loader, device: torch.device, *, channels_last: bool = False,
+                   max_batches: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` of each batch of ``loader`` on ``device`` (``x`` channels-last when asked), ``max_batches`` at
+    most (None: all)."""
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, torch.as_tensor(y).to(device, non_blocking=True)
+
+
 def run_data_settings(config: Mapping) -> dict:
     """What the evaluation data of a trainer run depends on, read from the run config stored in its checkpoint:
     dataset kind, data_dir (None: embedded), data_size, img_size, crop_pct, interpolation. The one place that knows
