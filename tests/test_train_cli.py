@@ -182,7 +182,7 @@ def test_sigterm_leaves_resumable_checkpoint(tmp_path, shapes_tiny):
 @pytest.mark.drill
 def test_kill_during_checkpoint_write_keeps_previous_last(tmp_path, shapes_tiny):
     run = tmp_path / "run"
-    train(_cfg(run, epochs=1, steps_per_epoch=2))
+    train(_cfg(run, epochs=2, steps_per_epoch=2), stop_at_step=3)     # pre-empted in epoch 2
     last = run / "last.pth"
     before = last.read_bytes()
     writer = (f"import torch; from tdam.checkpoint import save_checkpoint; "
@@ -195,7 +195,7 @@ def test_kill_during_checkpoint_write_keeps_previous_last(tmp_path, shapes_tiny)
     assert last.read_bytes() == before                      # the previous last.pth is untouched ...
     ck = read_checkpoint(last)                              # ... loads ...
     assert ck["epoch"] == 1 and torch.is_tensor(next(iter(ck["model"].values())))
-    res = train(_cfg(run, epochs=2, steps_per_epoch=2, resume=True))  # ... and resumes
+    res = train(_cfg(run, epochs=2, steps_per_epoch=2, resume=True))  # ... and the run resumes
     assert not res.interrupted and res.final["step"] == 4
     for p in run.glob(".last.pth.*.tmp"):
         os.unlink(p)
