@@ -392,8 +392,8 @@ def test_sigterm_exit_code_is_interrupted(tmp_path, shapes_tiny):
 @pytest.mark.slow
 def test_a_longer_request_is_a_new_run_and_an_extension_follows_the_new_schedule(tmp_path, shapes_tiny, monkeypatch):
     """ensure_checkpoint: a finished 1-epoch run does not satisfy a 2-epoch request, which trains its own run; an
-    extension (resume true) is a third run, named after its parent, whose lr after epoch 2 of 3 is that of a run
-    planned for 3 epochs (not the finished one's cosine, which ended at 0)."""
+    extension (resume true) is a third run, named after its parent, whose lr in the epoch it adds (3 of 3) is that of
+    a run planned for 3 epochs (not the finished one's cosine, which ended at 0)."""
     from tdam.paths import data_cache_dir
     from tdam.train import ensure_checkpoint
 
@@ -410,7 +410,7 @@ def test_a_longer_request_is_a_new_run_and_an_extension_follows_the_new_schedule
     assert json.loads((three.run_dir / "run.json").read_text())["parent"]["folder"] == two.parent.name
     assert read_checkpoint(two.parent / "last.pth")["epoch"] == 2                # the parent is left as it was
     planned = ensure_checkpoint("resnet18", "plain", "smoke", epochs=3, **kw)
-    lr, want = (read_checkpoint(c / "last.pth")["metrics"]["history"][1]["lr"] for c in (three.run_dir,
+    lr, want = (read_checkpoint(c / "last.pth")["metrics"]["history"][2]["lr"] for c in (three.run_dir,
                                                                                         planned.parent))
     assert lr > 0 and lr == pytest.approx(want)
 
