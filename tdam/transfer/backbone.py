@@ -40,6 +40,13 @@ class Backbone:
     checkpoint: Path | None
     model: dict[str, Any] | None
     note: str
+    missing: str = ""                    # what is missing and the command that trains it (checkpoint None)
+
+    def require(self) -> "Backbone":
+        """``self`` when its checkpoint is there, else :class:`~tdam.errors.ConfigError` naming what to run."""
+        if self.checkpoint is None:
+            raise ConfigError(f"backbone_checkpoint {self.spec!r}: {self.missing}")
+        return self
 
 
 def _finished_checkpoint(folder: Path) -> Path:
@@ -75,13 +82,13 @@ def _from_params(name: str, required: bool) -> Backbone:
                           f"under {root}: {[f.name for f in finished]}; name one by its folder name or give the path "
                           f"of its best.pth")
     if unfinished:
-        missing = (f"its run {unfinished[0].name} is not finished; finish it: {command} --resume true")
+        missing = f"its run {unfinished[0].name} is not finished; finish it: {command} --resume true"
     else:
-        missing = f"no run of params/imagenet/{name}.yaml (the paper recipe, {cfg.epochs} epochs) under {root}; train it: {command}"
-    if required:
-        raise ConfigError(f"backbone_checkpoint {name!r}: {missing}")
-    return Backbone(name, None, dict(cfg.model), f"assumed: the backbone of params/imagenet/{name}.yaml ({cfg.model_tag()}); "
-                                          f"{missing}")
+        missing = (f"no run of params/imagenet/{name}.yaml (the paper recipe, {cfg.epochs} epochs) under {root}; "
+                   f"train it: {command}")
+    found = Backbone(name, None, dict(cfg.model), f"assumed: the backbone of params/imagenet/{name}.yaml "
+                                                  f"({cfg.model_tag()}); {missing}", missing)
+    return found.require() if required else found
 
 
 def _from_run_folder(folder: Path) -> Backbone:

@@ -137,6 +137,7 @@ class _TransferCommand:
         from tdam.train.cache import find_checkpoint, run_result
         from tdam.transfer.report import ensure_transfer_run
         from tdam.transfer.run import load_transfer_config, run_transfer, transfer_key
+        from tdam.transfer.tasks import ASLTask, WSDANTask
 
         self.rank = env_rank()
         main_process = self.rank == 0
@@ -168,9 +169,13 @@ class _TransferCommand:
             return trained[-1]
 
         ensure_transfer_run(tcfg, wait=False, train_fn=train_fn)   # KeyboardInterrupt when interrupted: exit 5
-        if not trained:
+        if trained:
+            result = trained[-1]
+        else:
             print(f"{run_dir} already holds this run, finished: nothing trained (another setting trains a new run)")
-        print(run_result(run_dir).done_line(), flush=True)
+            metric = (WSDANTask if tcfg.task == "wsdan" else ASLTask).primary_metric
+            result = dataclasses.replace(run_result(run_dir), primary_metric=metric)
+        print(result.done_line(), flush=True)
         return errors.EXIT_OK
 
 

@@ -189,7 +189,7 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
     transfer = {k: data.pop(k) for k in list(data) if k in _TRANSFER_KEYS}
     backbone = None
     if transfer.get("backbone_checkpoint") is not None:
-        backbone = resolve_backbone(transfer["backbone_checkpoint"], required=require_backbone)
+        backbone = resolve_backbone(transfer["backbone_checkpoint"], required=False)   # values are checked first
         transfer["backbone_checkpoint"] = str(backbone.checkpoint) if backbone.checkpoint is not None else None
     world = _env_rank_info()[2] if world_size is None else int(world_size)
     tcfg = TransferConfig(**transfer, world_size=world, backbone=backbone)
@@ -204,6 +204,8 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
         raise ConfigError(f"batch_size={global_batch!r}: expected the global batch, an integer >= 1")
     data["batch_size"] = per_process_batch(global_batch, world, int(data.get("accum_steps", 1)))
     tcfg.train = TrainConfig.from_dict(data)
+    if require_backbone and backbone is not None:
+        backbone.require()
     if not tcfg.train.output_dir and not tcfg.backbone_assumed():   # the folder's identity needs the checkpoint
         tcfg.train.output_dir = str(runs_dir() / RUNS_SUBDIR / transfer_run_name(tcfg))
     return tcfg.validate()
