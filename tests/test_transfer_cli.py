@@ -194,6 +194,7 @@ def test_help_lists_the_transfer_keys(capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m tdam.transfer") and "--backbone_checkpoint" in out
     assert "--dry-run" in out and "GLOBAL batch" in out
+    assert main([]) == EXIT_CONFIG and "--config is required" in _error(capsys)
 
 
 # ------------------------------------------------------------------------ drills: separate processes, torchrun

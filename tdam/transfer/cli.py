@@ -55,23 +55,23 @@ OPTIONS = (
 
 
 def _field_types() -> dict[str, str]:
-    from tdam.transfer.run import TransferConfig, _TRANSFER_KEYS
+    from tdam.transfer.run import TransferConfig, TRANSFER_KEYS
 
     types = {f.name: str(f.type) for f in fields(TrainConfig)}
-    types.update({f.name: str(f.type) for f in fields(TransferConfig) if f.name in _TRANSFER_KEYS})
+    types.update({f.name: str(f.type) for f in fields(TransferConfig) if f.name in TRANSFER_KEYS})
     return types
 
 
 def help_text(width: int = 100) -> str:
     """The ``--help`` text: usage, this module's documentation, the options and every transfer key with its
     default (the trainer's keys: ``python -m tdam.train --help``)."""
-    from tdam.transfer.run import TransferConfig, _TRANSFER_KEYS
+    from tdam.transfer.run import TransferConfig, TRANSFER_KEYS
 
     usage = (f"usage: {PROG} [-h] " + " ".join(f"[{flag}{' ' + meta if meta else ''}]" for flag, meta, _ in OPTIONS)
              + " [--<key> VALUE ...]")
     out = [usage, "", __doc__.strip(), "", *options_help(OPTIONS, width), "", "transfer keys (defaults):"]
     for f in fields(TransferConfig):
-        if f.name in _TRANSFER_KEYS:
+        if f.name in TRANSFER_KEYS:
             default = f.default_factory() if f.default_factory is not MISSING else f.default
             out.append(f"  --{f.name} {f.type} (default: {yaml_value(default)})")
     out += ["", "trainer keys (batch_size: the global batch here): see python -m tdam.train --help"]

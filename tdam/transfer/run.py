@@ -35,7 +35,8 @@ from tdam.runs import TRANSFER_KIND, file_digest, folder_name, run_identity
 from tdam.validation import check_bool, check_choice, check_int, check_number
 
 __all__ = ["TransferConfig", "load_transfer_config", "transfer_data_root", "build_transfer_datasets",
-           "build_task", "run_transfer", "transfer_key", "transfer_run_name", "RUNS_SUBDIR"]
+           "build_task", "run_transfer", "transfer_key", "transfer_run_name", "RUNS_SUBDIR", "TRANSFER_KEYS",
+           "per_process_batch"]
 
 RUNS_SUBDIR = TRANSFER_KIND
 
@@ -126,7 +127,7 @@ class TransferConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The params-file view: trainer and transfer keys, ``batch_size`` the global batch (as written in a file)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _TRANSFER_KEYS}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name in TRANSFER_KEYS}
         if self.backbone_assumed():                      # not trained yet: its name as given
             d["backbone_checkpoint"] = self.backbone.spec
         train = self.train.to_dict() if self.train is not None else {}
@@ -136,7 +137,7 @@ class TransferConfig:
 
 
 _NOT_KEYS = {"train", "world_size", "backbone"}              # fields that are not params-file keys
-_TRANSFER_KEYS = {f.name for f in fields(TransferConfig)} - _NOT_KEYS
+TRANSFER_KEYS = {f.name for f in fields(TransferConfig)} - _NOT_KEYS
 
 
 def per_process_batch(global_batch: int, world_size: int, accum_steps: int = 1) -> int:
@@ -182,11 +183,11 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
     else:
         data = load_yaml_with_base(_resolve(config))
     data = merge_config(data, {k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(data) - _TRANSFER_KEYS - {f.name for f in fields(TrainConfig)})
+    unknown = sorted(set(data) - TRANSFER_KEYS - {f.name for f in fields(TrainConfig)})
     if unknown:                                          # before the backbone is looked for
         raise ConfigError(f"unknown config key(s) {unknown}: a transfer config takes the transfer keys "
-                          f"{sorted(_TRANSFER_KEYS)} and the trainer's (python -m tdam.train --help)")
-    transfer = {k: data.pop(k) for k in list(data) if k in _TRANSFER_KEYS}
+                          f"{sorted(TRANSFER_KEYS)} and the trainer's (python -m tdam.train --help)")
+    transfer = {k: data.pop(k) for k in list(data) if k in TRANSFER_KEYS}
     backbone = None
     if transfer.get("backbone_checkpoint") is not None:
         backbone = resolve_backbone(transfer["backbone_checkpoint"], required=False)   # values are checked first
@@ -218,7 +219,7 @@ def transfer_key(tcfg: TransferConfig) -> dict[str, Any]:
     global batch (one process, the default, is left out, so a one-process run keeps its identity)."""
     from tdam.train.config import semantic_config
 
-    d = {f.name: getattr(tcfg, f.name) for f in fields(tcfg) if f.name in _TRANSFER_KEYS - {"data_dir",
+    d = {f.name: getattr(tcfg, f.name) for f in fields(tcfg) if f.name in TRANSFER_KEYS - {"data_dir",
                                                                                             "backbone_checkpoint"}}
     d.update({f"train.{k}": v for k, v in semantic_config(tcfg.train).items() if k != "data_size"})
     if tcfg.backbone_checkpoint:
