@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from tdam.checkpoint import read_checkpoint
-from tdam.errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from tdam.errors import EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 from tdam.paths import repo_root, runs_dir
 from tdam.runs import FINAL_OUTPUTS, IMAGENET_KIND, LAST_FILE, SUMMARY_FILE, write_record
 from tdam.transfer.backbone import resolve_backbone
@@ -187,6 +187,15 @@ def test_every_params_file_names_its_backbone_by_a_params_file():
 def test_bad_arguments_are_exit_2_with_one_error_line(args, message, capsys, one_process):
     assert main(["--config", "cub200_wsdan_resnet50_td", *args]) == EXIT_CONFIG
     assert message in _error(capsys)
+
+
+def test_a_run_folder_held_by_another_run_is_exit_6_at_once(backbone, tmp_path, capsys, one_process):
+    from tdam.runs import RunLock
+
+    out = tmp_path / "held"
+    with RunLock(out):                                   # another run works in the folder: refused, not waited for
+        assert main(_tiny("wsdan", backbone, out)) == EXIT_BUSY
+    assert f"{out} is in use" in _error(capsys) and not (out / "last.pth").exists()
 
 
 def test_help_lists_the_transfer_keys(capsys):
