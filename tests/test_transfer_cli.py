@@ -63,6 +63,7 @@ def test_dry_run_prints_the_paper_recipe_with_global_batch_12_without_data_or_ba
     assert "model:       resnet50_td_joint_t2_m1" in out and "image size:  448 px" in out
     assert "updates:     499 per epoch, 79840 in total" in out          # 5994 // 12 = 499, x 160 epochs
     assert "<identity: decided by the backbone checkpoint" in out       # no folder name is made up
+    assert "train transform:\n  Resize(size=(512, 512)" in out and "  RandomCrop(size=(448, 448)" in out
 
 
 def test_dry_run_under_two_processes_derives_the_per_process_batch(capsys, monkeypatch):

@@ -50,7 +50,8 @@ OPTIONS = (
     ("--config", "YAML", "transfer params YAML (a path, or a name under params/transfer/)"),
     ("--print-config", None, "print the resolved config (batch_size: the global batch) and exit"),
     ("--dry-run", None, "print the resolved recipe (task, backbone, data, epochs, global and per-process batch, lr, "
-                        "schedule, updates, device, run folder) and exit without training or reading the data"),
+                        "schedule, updates, device, run folder, transforms) and exit without training or reading "
+                        "the data"),
 )
 
 
@@ -88,10 +89,12 @@ def _schedule(tcfg) -> str:
             f"stops after epoch {tcfg.train.epochs}; fixed: not rescaled with the batch")
 
 
-def describe_transfer(tcfg) -> str:
+def describe_transfer(tcfg, detail: bool = False) -> str:
     """The trainer's recipe lines (:func:`tdam.train.recipe.describe_recipe`) with the task's schedule and run
     folder, then the transfer lines: task and dataset, the backbone and how it was resolved (or assumed), the batch
-    rule."""
+    rule; ``detail`` (``--dry-run``) adds the task's train and eval transforms
+    (``tdam.data.build_transform(split, img_size, preset=task)``)."""
+    from tdam.data import build_transform
     from tdam.train.recipe import describe_recipe
 
     folder = None if tcfg.train.output_dir else (
@@ -105,6 +108,10 @@ def describe_transfer(tcfg) -> str:
              f"{tcfg.train.batch_size} = {tcfg.global_batch()} / {tcfg.world_size} process"
              f"{'es' if tcfg.world_size != 1 else ''} / {tcfg.train.accum_steps} accumulation step"
              f"{'s' if tcfg.train.accum_steps != 1 else ''}"]
+    if detail:
+        for split, title in (("train", "train transform:"), ("val", "eval transform:")):
+            tf = build_transform(split, tcfg.train.img_size, preset=tcfg.task)
+            lines += [title, *(f"  {line.strip()}" for line in repr(tf).splitlines()[1:-1])]
     return "\n".join(lines)
 
 
@@ -152,7 +159,7 @@ class _TransferCommand:
                 print(yaml.safe_dump(tcfg.to_dict(), sort_keys=False), end="")
             return errors.EXIT_OK
         if main_process:
-            print(describe_transfer(tcfg), flush=True)
+            print(describe_transfer(tcfg, detail=args.dry_run), flush=True)
         if args.dry_run:
             return errors.EXIT_OK
         self.run_dir = run_dir = tcfg.train.run_dir()
