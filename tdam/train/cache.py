@@ -73,7 +73,7 @@ def find_checkpoint(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None) -
 
 def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
                train_fn: Callable[[TrainConfig], Any] | None = None,
-               inputs: Mapping[str, str | Path] | None = None) -> Path:
+               inputs: Mapping[str, str | Path] | None = None, wait: bool = True) -> Path:
     """The checkpoint of the finished run of ``cfg``: reused when finished, completed or resumed when not, else
     trained.
 
@@ -82,14 +82,15 @@ def ensure_run(cfg: TrainConfig, *, key: Mapping[str, Any] | None = None,
     ``inputs``: upstream files by role (e.g. ``{'backbone_checkpoint': path}``), recorded with their digests in
     ``inputs.json`` so ``python -m tdam.cache`` can tell when they changed. ``train_fn(cfg)``: trains ``cfg`` and
     returns its ``RunResult`` (default ``tdam.train.train``). Everything from the look-up to the end of the training
-    happens under the run's lock. Raises KeyboardInterrupt when the training was interrupted (call again to
+    happens under the run's lock; ``wait=False`` (a command line) refuses at once when another process holds it
+    (:class:`~tdam.errors.RunLockedError`) instead of waiting for it. Raises KeyboardInterrupt when the training was interrupted (call again to
     resume)."""
     if train_fn is None:
         from tdam.train.trainer import train as train_fn   # the trainer loads torch: only when a run is trained
 
     run_dir = cfg.run_dir()
     identity, request = _identity(cfg, key)
-    with RunLock(run_dir, wait=True, handoff=True):     # the training it starts works under this hold
+    with RunLock(run_dir, wait=wait, handoff=True):     # the training it starts works under this hold
         if (found := find_checkpoint(cfg, key=key)) is not None:
             return found
         if read_record(run_dir) is None:

@@ -59,7 +59,7 @@ import yaml
 from tdam import errors
 from tdam.train.config import GROUPS, TrainConfig, load_yaml
 
-__all__ = ["main", "parse_overrides", "help_text"]
+__all__ = ["main", "parse_overrides", "help_text", "command_parser", "options_help", "env_rank"]
 
 PROG = "python -m tdam.train"
 OPTIONS = (   # the CLI's own options: (flag, metavar or None for a switch, meaning)
@@ -74,9 +74,10 @@ OPTIONS = (   # the CLI's own options: (flag, metavar or None for a switch, mean
 )
 
 
-def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(tokens: Sequence[str], field_types: dict[str, str] | None = None) -> dict[str, Any]:
     """``['--epochs', '3', '--model.td_stages=[4]', '--compile']`` ->
-    ``{'epochs': 3, 'model': {'td_stages': [4]}, 'compile': True}``."""
+    ``{'epochs': 3, 'model': {'td_stages': [4]}, 'compile': True}``. ``field_types``: each key's type as written
+    (default: :class:`TrainConfig`'s fields), for the bare-flag check."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(tokens):
@@ -89,7 +90,7 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
             if i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
                 value, i = tokens[i + 1], i + 1
             else:
-                _check_bare_flag(key)
+                _check_bare_flag(key, field_types)
                 value = "true"
         parsed = load_yaml(value, f"--{key}")      # the params files' loader: syntax errors name the flag
         section, dot, sub = key.partition(".")
@@ -105,10 +106,11 @@ def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _check_bare_flag(key: str) -> None:
+def _check_bare_flag(key: str, field_types: dict[str, str] | None = None) -> None:
     """A bare ``--key`` means true: only a field that takes true/false may be written so (a bare ``--data_dir`` is
     what a job script's unset ``$IMAGENET`` leaves)."""
-    kind = next((f.type for f in fields(TrainConfig) if f.name == key), None)
+    types = field_types if field_types is not None else {f.name: str(f.type) for f in fields(TrainConfig)}
+    kind = types.get(key)
     if kind is not None and "bool" not in str(kind):
         raise ValueError(f"--{key} needs a value ({kind}); it was given none (an unset shell variable?): write "
                          f"--{key} VALUE")
@@ -130,10 +132,7 @@ def help_text(width: int = 100) -> str:
     Built from the dataclass alone: no torch, no timm."""
     usage = (f"usage: {PROG} [-h] " + " ".join(f"[{flag}{' ' + meta if meta else ''}]" for flag, meta, _ in OPTIONS)
              + " [--<field> VALUE ...] [--model.<key> VALUE ...]")
-    out = [usage, "", __doc__.strip(), "", "options:", "  -h, --help", "      show this help and exit"]
-    for flag, meta, meaning in OPTIONS:
-        out += [f"  {flag}{' ' + meta if meta else ''}",
-                *textwrap.wrap(meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)]
+    out = [usage, "", __doc__.strip(), "", *options_help(OPTIONS, width)]
     by_group: dict[str, list[Field]] = {g: [] for g in GROUPS}
     for f in fields(TrainConfig):
         by_group[f.metadata["group"]].append(f)
@@ -150,16 +149,27 @@ def help_text(width: int = 100) -> str:
     return "\n".join(out) + "\n"
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The CLI's own options (:data:`OPTIONS`); every other ``--key value`` is a config override."""
-    parser = argparse.ArgumentParser(prog=PROG, add_help=False, allow_abbrev=False)
+def options_help(options: Sequence[tuple[str, str | None, str]], width: int = 100) -> list[str]:
+    """The ``options:`` section of a command's ``--help``: ``-h`` and each ``(flag, metavar, meaning)``."""
+    out = ["options:", "  -h, --help", "      show this help and exit"]
+    for flag, meta, meaning in options:
+        out += [f"  {flag}{' ' + meta if meta else ''}",
+                *textwrap.wrap(meaning, width, initial_indent=" " * 6, subsequent_indent=" " * 6)]
+    return out
+
+
+def command_parser(prog: str, options: Sequence[tuple[str, str | None, str]]) -> argparse.ArgumentParser:
+    """A command's own ``options`` (``(flag, metavar or None for a switch, meaning)``) and ``-h``; every other
+    ``--key value`` is left for :func:`parse_overrides` (``parse_known_args``)."""
+    parser = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true")
-    for flag, meta, meaning in OPTIONS:
+    for flag, meta, meaning in options:
         parser.add_argument(flag, help=meaning, **({"metavar": meta} if meta else {"action": "store_true"}))
     return parser
 
 
-def _rank() -> int:
+def env_rank() -> int:
+    """This process's rank under torchrun / SLURM (0 alone); loads torch, so read after ``--help``."""
     from tdam.train.distributed import _env_rank_info
 
     return _env_rank_info()[0]
@@ -190,7 +200,7 @@ class _TrainCommand:
         return f"[rank {self.rank}] {msg}" if self.rank else msg
 
     def __call__(self, argv: Sequence[str] | None) -> int:
-        args, rest = _parser().parse_known_args(argv)
+        args, rest = command_parser(PROG, OPTIONS).parse_known_args(argv)
         if args.help:
             print(help_text(), end="")
             return errors.EXIT_OK
@@ -203,7 +213,7 @@ class _TrainCommand:
         from tdam.train.recipe import describe_recipe, resolve_profile
         from tdam.train.trainer import train
 
-        self.rank = _rank()
+        self.rank = env_rank()
         main_process = self.rank == 0
         cfg = load_config(args.config, profile=args.profile, **parse_overrides(rest))
         if args.profile is None and cfg.data_dir is not None:   # real data, the file's recipe: named as notebook 01

@@ -124,14 +124,17 @@ def _train_images_or_assumed(cfg: TrainConfig) -> tuple[int, str]:
     return train_images(cfg), ""
 
 
-def describe_recipe(cfg: TrainConfig, gpus: int | None = 0, *, detail: bool = False) -> str:
+def describe_recipe(cfg: TrainConfig, gpus: int | None = 0, *, detail: bool = False, schedule: str | None = None,
+                    run_folder: str | None = None) -> str:
     """The resolved recipe of ``cfg`` in a few lines: model, data, profile, schedule, global batch, learning rate
     (and its rule), image size, updates per epoch (capped or not) and in total, warm-up, device and run folder.
     ``gpus``: as ``tdam.train.run_training`` takes it (0: CPU, 1: one GPU, N: torchrun on N GPUs); None: the
     config's own ``device`` in the processes the launcher started (the CLI). Reads no image and builds nothing.
     Without the data (a ``data_dir`` that does not exist) it assumes the dataset's published training-split size
     (:data:`KNOWN_TRAIN_IMAGES`) and says so. ``detail=True`` (``--dry-run``) adds the train and eval transforms
-    (:func:`tdam.train.build_transforms`) and the lr at every epoch boundary (:func:`tdam.train.lr_schedule`)."""
+    (:func:`tdam.train.build_transforms`) and the lr at every epoch boundary (:func:`tdam.train.lr_schedule`).
+    ``schedule`` / ``run_folder``: a task's own lr schedule (a transfer run's) and folder, printed instead of the
+    trainer's warm-up line and ``cfg.run_dir()``."""
     device, world = _devices(cfg, gpus)
     images, assumed = _train_images_or_assumed(cfg)
     updates, uncapped = updates_per_epoch(cfg, images, world)
@@ -163,9 +166,9 @@ def describe_recipe(cfg: TrainConfig, gpus: int | None = 0, *, detail: bool = Fa
         f"lr:          {lr:.4g} ({lr_rule}); {cfg.opt}, weight decay {cfg.weight_decay:g}",
         f"image size:  {cfg.img_size} px",
         f"updates:     {per_epoch} per epoch, {updates * cfg.epochs} in total",
-        f"warm-up:     {warmup}",
+        f"schedule:    {schedule}" if schedule is not None else f"warm-up:     {warmup}",
         f"device:      {device}" + (f" x {world}" if world > 1 else ""),
-        f"run folder:  {cfg.run_dir()}",
+        f"run folder:  {run_folder if run_folder is not None else cfg.run_dir()}",
     ]
     if detail:
         lines += _details(cfg, updates, world)

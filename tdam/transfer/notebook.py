@@ -4,8 +4,9 @@ The parameters are validated by the shared notebook mechanism (:func:`tdam.noteb
 notebook's ``parameters`` cell). Embedded mode (``params_files`` empty, the default): the ImageNet backbones are the
 cached runs of notebook 01 (:func:`tdam.notebook.checkpoint`, trained first when missing), and each WS-DAN / ASL run
 is the paper's recipe (``params/transfer/_recipe_*.yaml``) with a tiny schedule on the embedded datasets. Real mode:
-each name in ``params_files`` is a ``params/transfer/`` file; ``data_dir`` / ``backbone_checkpoint`` override its
-placeholders.
+each name in ``params_files`` is a ``params/transfer/`` file (the same runs as ``python -m tdam.transfer --config
+<name>``); ``data_dir`` overrides its placeholder, ``checkpoint`` its backbone (a path, a params/imagenet/ name or a
+run folder: :mod:`tdam.transfer.backbone`); a dry run accepts a backbone not trained yet and says so.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ class TransferNotebookParams:
         """The transfer runs of this notebook."""
         p = self.p
         if p.params_files:
-            return [load_transfer_config(f, data_dir=p.data_dir, backbone_checkpoint=p.checkpoint,
-                                         device=p.device) for f in p.params_files]
+            return [load_transfer_config(f, data_dir=p.data_dir, backbone_checkpoint=p.checkpoint, device=p.device,
+                                         require_backbone=not p.dry_run) for f in p.params_files]
         return self.embedded_configs(backbones if backbones is not None else self.backbones())
 
     def transfer_runs(self, configs: list[TransferConfig]) -> list:

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from tdam.checkpoint import read_checkpoint
+from tdam.errors import ConfigError
 from tdam.evaluation.provenance import EvalFacts, eval_facts
 from tdam.reference import PROVENANCE_COLUMNS, model_key
 from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer, transfer_key
@@ -61,22 +62,27 @@ class TransferResult:
         return loader(self.checkpoint, use_ema=use_ema).eval()
 
 
-def ensure_transfer_run(tcfg: TransferConfig) -> TransferResult:
+def ensure_transfer_run(tcfg: TransferConfig, *, wait: bool = True, train_fn=None) -> TransferResult:
     """The finished run of ``tcfg``: reused when its folder holds a finished run of the same config, resumed when
     interrupted, else trained (``tdam.train.cache.ensure_run``: the same lock / reuse / resume mechanism as the
     ImageNet runs). The folder name carries a hash of :func:`transfer_key` (backbone digest included), so a changed
     input trains a new run beside the old one; only an explicit ``output_dir`` holding a DIFFERENT config raises
-    ValueError (never silently reused)."""
+    ValueError (never silently reused). ``wait=False``: refuse at once when another process holds the run
+    (:class:`~tdam.errors.RunLockedError`, ``python -m tdam.transfer``) instead of waiting. ``train_fn(tcfg)``: trains
+    the config and returns its ``RunResult`` (default :func:`~tdam.transfer.run.run_transfer`)."""
     import dataclasses
 
-    from tdam.checkpoint import read_checkpoint
     from tdam.train.cache import ensure_run
 
-    def train_fn(cfg):
-        return run_transfer(dataclasses.replace(tcfg, train=cfg))
+    if tcfg.backbone_assumed():
+        raise ConfigError(f"backbone_checkpoint: {tcfg.backbone.note}; nothing can be trained without it")
+    train = train_fn or run_transfer
+
+    def train_cfg(cfg):
+        return train(dataclasses.replace(tcfg, train=cfg))
 
     inputs = {"backbone_checkpoint": tcfg.backbone_checkpoint} if tcfg.backbone_checkpoint else None
-    ensure_run(tcfg.train, key=transfer_key(tcfg), train_fn=train_fn, inputs=inputs)
+    ensure_run(tcfg.train, key=transfer_key(tcfg), train_fn=train_cfg, inputs=inputs, wait=wait)
     run_dir = tcfg.train.run_dir()
     ck = read_checkpoint(run_dir / "last.pth")
     return TransferResult(tcfg, run_dir, list(ck["metrics"]["history"]), ck["metrics"]["best"])
@@ -189,7 +195,7 @@ def setup_table(configs: Sequence[TransferConfig]) -> pd.DataFrame:
         t = c.task
         if f"{t}: paper" in out:
             continue
-        ours = {"img_size": c.train.img_size, "batch_size": c.train.batch_size, "epochs": c.train.epochs,
+        ours = {"img_size": c.train.img_size, "batch_size": c.global_batch(), "epochs": c.train.epochs,
                 "opt": c.train.opt if t == "asl" else "momentum", "lr": c.train.resolved_lr(),
                 "schedule": (f"x{c.lr_decay_rate} every {c.lr_decay_epochs} epochs" if t == "wsdan"
                              else f"OneCycle({c.onecycle_epochs} ep, pct {c.pct_start})"),

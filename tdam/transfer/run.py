@@ -9,6 +9,16 @@ resume, AMP and DDP as the ImageNet runs) into ``runs/07_transfer/<name>-e<epoch
 :func:`tdam.runs.run_identity` of :func:`transfer_key` (the trainer's semantic config, the transfer settings and the
 backbone checkpoint's SHA-256), the one hash every run is named by, so a retrained backbone or any changed setting
 makes a new cached run beside the old one instead of an error. An explicit ``output_dir`` is used as given.
+
+``backbone_checkpoint`` names the ImageNet backbone by its params file, its run folder or a path
+(:mod:`tdam.transfer.backbone`).
+
+**Batch: global.** A transfer params file's ``batch_size`` is the GLOBAL batch (the paper's 12 for WS-DAN, 64 for
+ASL), whatever the number of processes: :func:`load_transfer_config` derives the trainer's per-process
+``batch_size`` = global / (processes x ``accum_steps``) for the processes it runs in (torchrun's or SLURM's
+``WORLD_SIZE``), and refuses a global batch that does not divide, naming the batches and process counts that do. The
+learning rate is the recipe's fixed ``lr`` (WS-DAN's 1e-3, ASL's 1e-4, from their official code), never rescaled:
+with the global batch fixed there is nothing to rescale. The recipe printout shows the derivation.
 """
 from __future__ import annotations
 
@@ -18,12 +28,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tdam.data import TASK_DATASETS
+from tdam.errors import ConfigError
 from tdam.paths import params_dir, repo_root, runs_dir
+from tdam.transfer.backbone import Backbone, resolve_backbone
 from tdam.runs import TRANSFER_KIND, file_digest, folder_name, run_identity
 from tdam.validation import check_bool, check_choice, check_int, check_number
 
 __all__ = ["TransferConfig", "load_transfer_config", "transfer_data_root", "build_transfer_datasets",
-           "build_task", "run_transfer", "transfer_key", "transfer_run_name", "RUNS_SUBDIR"]
+           "build_task", "run_transfer", "transfer_key", "transfer_run_name", "RUNS_SUBDIR", "TRANSFER_KEYS",
+           "per_process_batch"]
 
 RUNS_SUBDIR = TRANSFER_KIND
 
@@ -36,7 +49,7 @@ class TransferConfig:
     dataset: str = "cub200"                      # wsdan: cub200 | stanford_dogs; asl: coco2014
     data_dir: str | None = None                  # dataset root in its real layout; None: the embedded tdam-shapes
     data_size: str = "default"                   # embedded dataset size: default | tiny
-    backbone_checkpoint: str | None = None       # our ImageNet checkpoint (relative paths: from the repository root)
+    backbone_checkpoint: str | None = None       # the ImageNet backbone: a params/imagenet/ name, a run folder or a path
     backbone_use_ema: bool = False
     random_backbone: bool = False                # no checkpoint: randomly initialised backbone (tests only)
     # WS-DAN (Hu et al. 2019; GuYuc/WS-DAN.PyTorch): M attention maps, feature centers, crop / drop, refinement
@@ -58,7 +71,10 @@ class TransferConfig:
     threshold: float = 0.8
     onecycle_epochs: int = 80
     pct_start: float = 0.2
-    train: Any = None                            # tdam.train.TrainConfig
+    train: Any = None                            # tdam.train.TrainConfig (its batch_size: per process)
+    # set by load_transfer_config, not options: the processes the run was loaded for, and how the backbone resolved
+    world_size: int = field(default=1, compare=False)
+    backbone: Backbone | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,7 +101,7 @@ class TransferConfig:
         check_number("lr_decay_epochs", self.lr_decay_epochs, 0.0)
         if self.lr_decay_epochs == 0:
             raise ValueError("lr_decay_epochs=0: expected a finite number > 0")
-        if self.backbone_checkpoint is None and not self.random_backbone:
+        if self.backbone_checkpoint is None and not self.random_backbone and not self.backbone_assumed():
             raise ValueError("backbone_checkpoint is required (our ImageNet checkpoint, e.g. "
                              "runs/01_train_imagenet/<run>/best.pth); set random_backbone: true for a random init")
         if self.backbone_checkpoint is not None:
@@ -101,12 +117,40 @@ class TransferConfig:
             raise ValueError(f"epochs={self.train.epochs} runs past the OneCycle schedule ({self.onecycle_epochs})")
         return self
 
+    def backbone_assumed(self) -> bool:
+        """True when the backbone is a params file's whose run is not trained yet (a dry run): nothing can train."""
+        return self.backbone is not None and self.backbone.checkpoint is None
+
+    def global_batch(self) -> int:
+        """The global batch: the per-process batch x processes x accumulation steps (the file's ``batch_size``)."""
+        return self.train.global_batch(self.world_size)
+
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
-        return {**(self.train.to_dict() if self.train is not None else {}), **d}
+        """The params-file view: trainer and transfer keys, ``batch_size`` the global batch (as written in a file)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name in TRANSFER_KEYS}
+        if self.backbone_assumed():                      # not trained yet: its name as given
+            d["backbone_checkpoint"] = self.backbone.spec
+        train = self.train.to_dict() if self.train is not None else {}
+        if self.train is not None:
+            train["batch_size"] = self.global_batch()
+        return {**train, **d}
 
 
-_TRANSFER_KEYS = {f.name for f in fields(TransferConfig)} - {"train"}
+_NOT_KEYS = {"train", "world_size", "backbone"}              # fields that are not params-file keys
+TRANSFER_KEYS = {f.name for f in fields(TransferConfig)} - _NOT_KEYS
+
+
+def per_process_batch(global_batch: int, world_size: int, accum_steps: int = 1) -> int:
+    """``global_batch / (world_size x accum_steps)``; a ConfigError naming the global batches and the process counts
+    that divide when it does not."""
+    split = world_size * accum_steps
+    if global_batch % split:
+        near = sorted({max(split, global_batch // split * split), (global_batch // split + 1) * split})
+        counts = [n for n in range(1, global_batch + 1) if global_batch % (n * accum_steps) == 0][:8]
+        raise ConfigError(f"batch_size {global_batch} (a transfer run's GLOBAL batch) does not divide over "
+                          f"{world_size} process(es) x {accum_steps} accumulation step(s): give batch_size "
+                          f"{' or '.join(map(str, near))}, or run on {counts} processes")
+    return global_batch // split
 
 
 def _resolve(config: str | Path) -> Path:
@@ -121,11 +165,16 @@ def _resolve(config: str | Path) -> Path:
                             f"{available}")
 
 
-def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> TransferConfig:
+def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *, world_size: int | None = None,
+                         require_backbone: bool = True, **overrides: Any) -> TransferConfig:
     """A params file (path or name under params/transfer/, ``base:`` inheritance), a dict, or None (defaults), then
     ``overrides`` (None values ignored). Transfer keys go to :class:`TransferConfig`, the rest to the trainer's
-    config. The backbone's architecture keys are taken from ``backbone_checkpoint`` when one is given."""
+    config. ``backbone_checkpoint`` is resolved (:func:`tdam.transfer.backbone.resolve_backbone`) and the backbone's
+    model description taken from the checkpoint (or, ``require_backbone=False`` and not trained yet, from its params
+    file). ``batch_size`` is the global batch; the trainer's per-process batch is derived for ``world_size``
+    processes (None: the launcher's, from the environment)."""
     from tdam.train.config import TrainConfig, load_yaml_with_base, merge_config
+    from tdam.train.distributed import _env_rank_info   # loads torch: only when a config is loaded
 
     if config is None:
         data: dict[str, Any] = {}
@@ -134,14 +183,31 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
     else:
         data = load_yaml_with_base(_resolve(config))
     data = merge_config(data, {k: v for k, v in overrides.items() if v is not None})
-    transfer = {k: data.pop(k) for k in list(data) if k in _TRANSFER_KEYS}
-    tcfg = TransferConfig(**transfer)
+    unknown = sorted(set(data) - TRANSFER_KEYS - {f.name for f in fields(TrainConfig)})
+    if unknown:                                          # before the backbone is looked for
+        raise ConfigError(f"unknown config key(s) {unknown}: a transfer config takes the transfer keys "
+                          f"{sorted(TRANSFER_KEYS)} and the trainer's (python -m tdam.train --help)")
+    transfer = {k: data.pop(k) for k in list(data) if k in TRANSFER_KEYS}
+    backbone = None
+    if transfer.get("backbone_checkpoint") is not None:
+        backbone = resolve_backbone(transfer["backbone_checkpoint"], required=False)   # values are checked first
+        transfer["backbone_checkpoint"] = str(backbone.checkpoint) if backbone.checkpoint is not None else None
+    world = _env_rank_info()[2] if world_size is None else int(world_size)
+    tcfg = TransferConfig(**transfer, world_size=world, backbone=backbone)
     data.setdefault("dataset", tcfg.dataset)
     data["data_size"] = tcfg.data_size
     if tcfg.backbone_checkpoint is not None:
         data["model"] = _backbone_model(tcfg.backbone_checkpoint)
+    elif backbone is not None:
+        data["model"] = {k: v for k, v in backbone.model.items() if k != "num_classes"}
+    global_batch = data.get("batch_size", TrainConfig.batch_size)
+    if not isinstance(global_batch, int) or isinstance(global_batch, bool) or global_batch < 1:
+        raise ConfigError(f"batch_size={global_batch!r}: expected the global batch, an integer >= 1")
+    data["batch_size"] = per_process_batch(global_batch, world, int(data.get("accum_steps", 1)))
     tcfg.train = TrainConfig.from_dict(data)
-    if not tcfg.train.output_dir:
+    if require_backbone and backbone is not None:
+        backbone.require()
+    if not tcfg.train.output_dir and not tcfg.backbone_assumed():   # the folder's identity needs the checkpoint
         tcfg.train.output_dir = str(runs_dir() / RUNS_SUBDIR / transfer_run_name(tcfg))
     return tcfg.validate()
 
@@ -149,14 +215,17 @@ def load_transfer_config(config: str | Path | Mapping[str, Any] | None = None, *
 def transfer_key(tcfg: TransferConfig) -> dict[str, Any]:
     """Everything that changes what a transfer run learns: the trainer's semantic config, the transfer keys and the
     backbone checkpoint by content digest (``backbone_sha256``; not by path, so moving the checkout changes
-    nothing)."""
+    nothing), and the processes (``world_size``) when more than one: the per-process batch alone does not fix the
+    global batch (one process, the default, is left out, so a one-process run keeps its identity)."""
     from tdam.train.config import semantic_config
 
-    d = {f.name: getattr(tcfg, f.name) for f in fields(tcfg) if f.name not in ("train", "data_dir",
-                                                                               "backbone_checkpoint")}
+    d = {f.name: getattr(tcfg, f.name) for f in fields(tcfg) if f.name in TRANSFER_KEYS - {"data_dir",
+                                                                                            "backbone_checkpoint"}}
     d.update({f"train.{k}": v for k, v in semantic_config(tcfg.train).items() if k != "data_size"})
     if tcfg.backbone_checkpoint:
         d["backbone_sha256"] = file_digest(tcfg.backbone_checkpoint)
+    if tcfg.world_size != 1:
+        d["world_size"] = tcfg.world_size
     return json.loads(json.dumps(d, sort_keys=True, default=str))
 
 
@@ -198,6 +267,9 @@ def build_task(tcfg: TransferConfig):
     """The trainer task (with its model / optimizer / scheduler hooks) for ``tcfg``."""
     from tdam.transfer.models import load_backbone
     from tdam.transfer.tasks import ASLTask, WSDANTask
+
+    if tcfg.backbone_assumed():
+        raise ConfigError(f"backbone_checkpoint: {tcfg.backbone.note}; nothing can be trained without it")
 
     def backbone_fn():
         return load_backbone(tcfg.backbone_checkpoint, use_ema=tcfg.backbone_use_ema, model_config=tcfg.train.model)
