@@ -20,7 +20,7 @@ def test_onecycle_equals_torch_onecyclelr_lr_and_momentum():
     ours_opt, ref_opt = torch.optim.Adam(p, lr=1e-4), torch.optim.Adam(p, lr=1e-4)
     ours = OneCycleSchedule(ours_opt, max_lr=1e-4, epochs=8, steps_per_epoch=5, pct_start=0.2)
     ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=1e-4, total_steps=40, pct_start=0.2)
-    for step in range(40):
+    for step in range(41):        # 40: the step after the last update, which the trainer also takes (as torch)
         if step:
             ref_opt.step()
             ref.step()
@@ -29,7 +29,7 @@ def test_onecycle_equals_torch_onecyclelr_lr_and_momentum():
         assert ours_opt.param_groups[0]["betas"][0] == pytest.approx(ref_opt.param_groups[0]["betas"][0], rel=1e-12)
     assert ours.values(0)[0] == pytest.approx(1e-4 / 25)  # div_factor 25
     with pytest.raises(ValueError, match="outside the OneCycle schedule"):
-        ours.step_update(40)
+        ours.step_update(41)
 
 
 def test_wsdan_step_schedule_and_sgd_over_all_parameters():

@@ -44,8 +44,9 @@ class OneCycleSchedule:
         self.step_update(0)
 
     def values(self, step: int) -> tuple[float, float]:
-        """(lr, momentum) at optimizer update ``step`` (torch's OneCycleLR at last_epoch = step)."""
-        if not 0 <= step < self.total_steps:
+        """(lr, momentum) at optimizer update ``step`` (torch's OneCycleLR at last_epoch = step). ``step`` may be
+        ``total_steps``, the value after the last update, which the trainer sets and torch allows too."""
+        if not 0 <= step <= self.total_steps:
             raise ValueError(f"update {step} is outside the OneCycle schedule of {self.total_steps} updates: raise "
                              f"the schedule epochs")
         if step <= self.up_end:
