@@ -34,7 +34,6 @@ from tdam.evaluation.cost import device_name  # noqa: E402
 from timing import timed  # noqa: E402  (benchmarks/timing.py)
 
 
-
 def _threshold(conf1: torch.Tensor, go_on: float) -> float:
     """The threshold at which a fraction ``go_on`` of the batch is below it after step 1 (midway between two
     neighbouring confidences); 0 and > 1 at the ends."""

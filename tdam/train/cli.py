@@ -59,7 +59,7 @@ import yaml
 from tdam import errors
 from tdam.train.config import GROUPS, TrainConfig, load_yaml
 
-__all__ = ["main", "parse_overrides", "help_text", "command_parser", "options_help", "env_rank"]
+__all__ = ["main", "parse_overrides", "help_text", "command_parser", "options_help", "env_rank", "RunCommand"]
 
 PROG = "python -m tdam.train"
 OPTIONS = (   # the CLI's own options: (flag, metavar or None for a switch, meaning)
@@ -175,9 +175,12 @@ def env_rank() -> int:
     return _env_rank_info()[0]
 
 
-class _TrainCommand:
-    """The command's body, run by :func:`tdam.errors.run_command`; it keeps the run's folder, so an error message and
-    an internal error's traceback (``<run dir>/train.log``) can name the run."""
+class RunCommand:
+    """A run command's body, run by :func:`tdam.errors.run_command` (``python -m tdam.train``, ``python -m
+    tdam.transfer``): it keeps the run's folder, so an error message and an internal error's traceback
+    (``<run dir>/train.log``) can name the run. ``resume_hint``: how an interrupted run of this command resumes."""
+
+    resume_hint = "resume with --resume true"
 
     def __init__(self) -> None:
         self.run_dir: Path | None = None                # the folder the run works in (a continued run's own)
@@ -195,9 +198,12 @@ class _TrainCommand:
             msg += " (set skip_bad_images: true, or --skip_bad_images true, to skip and count unreadable images)"
         elif isinstance(e, KeyboardInterrupt):
             msg = ("interrupted before the run started" if self.run_dir is None else
-                   f"interrupted; {self.run_dir / 'last.pth'} holds the last saved state (resume with "
-                   f"--resume true)")
+                   f"interrupted; {self.run_dir / 'last.pth'} holds the last saved state ({self.resume_hint})")
         return f"[rank {self.rank}] {msg}" if self.rank else msg
+
+
+class _TrainCommand(RunCommand):
+    """``python -m tdam.train``'s body."""
 
     def __call__(self, argv: Sequence[str] | None) -> int:
         args, rest = command_parser(PROG, OPTIONS).parse_known_args(argv)

@@ -34,13 +34,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
 from tdam import errors
-from tdam.train.cli import command_parser, env_rank, options_help, parse_overrides, yaml_value
+from tdam.train.cli import RunCommand, command_parser, env_rank, options_help, parse_overrides, yaml_value
 from tdam.train.config import TrainConfig
 
 __all__ = ["main", "help_text"]
@@ -115,23 +114,10 @@ def describe_transfer(tcfg, detail: bool = False) -> str:
     return "\n".join(lines)
 
 
-class _TransferCommand:
-    """The command's body, run by :func:`tdam.errors.run_command` (as ``python -m tdam.train``'s)."""
+class _TransferCommand(RunCommand):
+    """``python -m tdam.transfer``'s body (run as ``python -m tdam.train``'s)."""
 
-    def __init__(self) -> None:
-        self.run_dir: Path | None = None
-        self.rank = 0
-
-    def log_path(self):
-        return self.run_dir / "train.log" if self.run_dir is not None else None
-
-    def explain(self, e: BaseException) -> str:
-        msg = errors.one_line(e) or type(e).__name__
-        if isinstance(e, KeyboardInterrupt):
-            msg = ("interrupted before the run started" if self.run_dir is None else
-                   f"interrupted; {self.run_dir / 'last.pth'} holds the last saved state (rerun the same command to "
-                   f"resume)")
-        return f"[rank {self.rank}] {msg}" if self.rank else msg
+    resume_hint = "rerun the same command to resume"
 
     def __call__(self, argv: Sequence[str] | None) -> int:
         args, rest = command_parser(PROG, OPTIONS).parse_known_args(argv)
