@@ -446,3 +446,17 @@ def test_readme_exit_code_table_covers_every_code_and_command():
     for command in ("python -m tdam.train", "python -m tdam.data.convert", "python -m tdam.cache",
                     "python -m tdam.transfer"):
         assert f"`{command}`" in section
+
+
+def test_an_empty_data_dir_is_refused_not_read_as_the_embedded_data(capsys):
+    """``--data_dir "$IMAGENET"`` with the variable unset but quoted: an empty path is a configuration error (exit 2),
+    never a silent run on the embedded data."""
+    from tdam.train.cli import main
+
+    assert main(["--config", "resnet18_td_joint_t2_m1", "--profile", "smoke", "--data_dir", "", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --data_dir was given an empty value") and "Traceback" not in err
+    from tdam.train import load_config
+
+    with pytest.raises(ValueError, match="data_dir is empty"):   # from a params file or Python: the same refusal
+        load_config(None, profile="smoke", data_dir=" ")

@@ -92,6 +92,9 @@ def parse_overrides(tokens: Sequence[str], field_types: dict[str, str] | None = 
             else:
                 _check_bare_flag(key, field_types)
                 value = "true"
+        if not value.strip():                     # --data_dir "$IMAGENET" with the variable unset: not null
+            raise ValueError(f"--{key} was given an empty value (an unset shell variable?): write --{key} VALUE, or "
+                             f"--{key} null for the default")
         parsed = load_yaml(value, f"--{key}")      # the params files' loader: syntax errors name the flag
         section, dot, sub = key.partition(".")
         if dot:                                   # --model.t 3: one key of a mapping-valued field

@@ -226,6 +226,9 @@ class TrainConfig:
         except ValueError as e:
             raise ValueError(f"model: {e}") from None
         check_choice("dataset", self.dataset, DATASETS)
+        if self.data_dir is not None and not str(self.data_dir).strip():   # never the embedded data by accident
+            raise ValueError("data_dir is empty (an unset shell variable, e.g. --data_dir \"$IMAGENET\"?): give the "
+                             "dataset root, or leave data_dir out (null) for the embedded tdam-shapes data")
         check_choice("data_size", self.data_size, DATA_SIZES)
         check_choice("amp", self.amp, AMP_CHOICES)
         check_choice("sched", self.sched, SCHEDULERS)
