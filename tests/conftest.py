@@ -58,6 +58,30 @@ def _isolated_runs(_session_runs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TDAM_RUNS", str(_session_runs))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: faster than two on a shared 2-core machine for tiny inputs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def td_checkpoint(tmp_path_factory):
+    """A checkpoint of a randomly initialised TD-ResNet-18 (1000 classes) with its ``model_config``: an ImageNet
+    backbone stand-in."""
+    import tdam
+    from tdam.checkpoint import save_checkpoint
+
+    model = tdam.create_model("resnet18", attention="td")
+    path = tmp_path_factory.mktemp("td_checkpoint") / "imagenet.pth"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.model_config}, path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shapes_tiny():
     """Root of the tiny embedded dataset (generated once, cached)."""

@@ -14,13 +14,7 @@ import tdam
 from tdam.models import TD_MODES, TDBlock, TDTorchvisionBottleneck, TDTorchvisionResNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: much faster than two on a shared 2-core machine for these tiny inputs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny inputs: one thread is faster here
 
 
 def td_count(model: nn.Module) -> int:

@@ -24,13 +24,7 @@ from tdam.paths import repo_root
 N_CLASSES = 7
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: faster than two on a shared 2-core machine for these tiny inputs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny inputs: one thread is faster here
 
 
 def _head(model: nn.Module) -> nn.Linear:

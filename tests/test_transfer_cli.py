@@ -29,15 +29,10 @@ REPO = repo_root()
 TD50 = "resnet50_td_joint_t2_m1"
 
 
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    import tdam
-    from tdam.checkpoint import save_checkpoint
-
-    model = tdam.create_model("resnet18", attention="td")
-    path = tmp_path_factory.mktemp("backbone") / "imagenet.pth"
-    save_checkpoint({"model": model.state_dict(), "model_config": model.model_config}, path)
-    return path
+@pytest.fixture
+def backbone(td_checkpoint) -> Path:
+    """The ImageNet backbone the transfer runs here start from (the shared TD-ResNet-18 checkpoint)."""
+    return td_checkpoint
 
 
 @pytest.fixture

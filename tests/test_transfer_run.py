@@ -20,22 +20,11 @@ def shapes(tmp_path_factory) -> Path:
     return make_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", size="tiny")
 
 
-@pytest.fixture(scope="module")
-def imagenet_checkpoint(tmp_path_factory) -> Path:
-    import tdam
-    from tdam.checkpoint import save_checkpoint
-
-    model = tdam.create_model("resnet18", attention="td")
-    path = tmp_path_factory.mktemp("ckpt") / "imagenet.pth"
-    save_checkpoint({"model": model.state_dict(), "model_config": model.model_config}, path)
-    return path
-
-
-def test_every_params_file_resolves_to_the_paper_recipe(imagenet_checkpoint, tmp_path):
+def test_every_params_file_resolves_to_the_paper_recipe(td_checkpoint, tmp_path):
     files = sorted(p.stem for p in (params_dir() / "transfer").glob("[!_]*.yaml"))
     assert len(files) == 18
     for name in files:
-        c = load_transfer_config(name, backbone_checkpoint=str(imagenet_checkpoint), output_dir=str(tmp_path))
+        c = load_transfer_config(name, backbone_checkpoint=str(td_checkpoint), output_dir=str(tmp_path))
         t = c.train
         assert t.img_size == 448 and c.data_dir.startswith("/path/to/")
         if c.task == "wsdan":

@@ -12,13 +12,13 @@ and which run a resume continues are the trainer's (:mod:`tdam.train.config`, :m
 here imports the trainer or the notebooks.
 """
 from tdam.runs.identity import folder_name, run_identity
-from tdam.runs.layout import (BEST_EMA_FILE, BEST_FILE, FINAL_OUTPUTS, IMAGENET_KIND, INPUTS_FILE, KINDS, LAST_FILE,
-                              RUN_KEY_FILE, SAFETENSORS_FILE, SUMMARY_FILE, TRANSFER_KIND, file_digest, link_file,
-                              plain_json, read_record, write_json_atomic, write_record, write_text_atomic)
+from tdam.runs.layout import (BEST_EMA_FILE, BEST_FILE, CONFIG_FILE, ENV_FILE, FINAL_OUTPUTS, IMAGENET_KIND, INPUTS_FILE,
+                              KINDS, LAST_FILE, LOG_FILE, SAFETENSORS_FILE, SUMMARY_FILE, TRANSFER_KIND, file_digest,
+                              link_file, plain_json, read_record, write_json_atomic, write_record, write_text_atomic)
 from tdam.runs.lock import RunLock, lock_holder
 from tdam.runs.state import STATES, RunState, run_state
 
-__all__ = ["folder_name", "run_identity", "BEST_EMA_FILE", "BEST_FILE", "FINAL_OUTPUTS", "IMAGENET_KIND",
-           "INPUTS_FILE", "KINDS", "LAST_FILE", "RUN_KEY_FILE", "SAFETENSORS_FILE", "SUMMARY_FILE", "TRANSFER_KIND",
-           "file_digest", "link_file", "plain_json", "read_record", "write_json_atomic", "write_record",
+__all__ = ["folder_name", "run_identity", "BEST_EMA_FILE", "BEST_FILE", "CONFIG_FILE", "ENV_FILE", "FINAL_OUTPUTS",
+           "IMAGENET_KIND", "INPUTS_FILE", "KINDS", "LAST_FILE", "LOG_FILE", "SAFETENSORS_FILE", "SUMMARY_FILE",
+           "TRANSFER_KIND", "file_digest", "link_file", "plain_json", "read_record", "write_json_atomic", "write_record",
            "write_text_atomic", "RunLock", "lock_holder", "STATES", "RunState", "run_state"]

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["IMAGENET_KIND", "TRANSFER_KIND", "KINDS", "LAST_FILE", "BEST_FILE", "BEST_EMA_FILE", "SAFETENSORS_FILE", "SUMMARY_FILE",
-           "CURVES", "CONFIG_FILE", "ENV_FILE", "METRICS", "LOG_FILE", "RECORD_FILE", "LOCK_FILE", "RUN_KEY_FILE",
-           "INPUTS_FILE", "FINAL_OUTPUTS", "file_digest",
-           "plain_json", "write_text_atomic", "write_json_atomic", "write_record", "read_record", "link_file"]
+__all__ = ["IMAGENET_KIND", "TRANSFER_KIND", "KINDS", "LAST_FILE", "BEST_FILE", "BEST_EMA_FILE", "SAFETENSORS_FILE",
+           "SUMMARY_FILE", "CURVES", "CONFIG_FILE", "ENV_FILE", "METRICS", "LOG_FILE", "RECORD_FILE", "LOCK_FILE",
+           "INPUTS_FILE", "FINAL_OUTPUTS", "file_digest", "plain_json", "write_text_atomic", "write_json_atomic",
+           "write_record", "read_record", "link_file"]
 
 IMAGENET_KIND = "01_train_imagenet"      # runs/<kind>/: the ImageNet runs (notebook 01 trains them)
 TRANSFER_KIND = "07_transfer"            # the WS-DAN / ASL transfer runs of notebook 07
@@ -46,7 +46,6 @@ CURVES = ("curves.png", "curves.pdf")
 METRICS = ("metrics.csv", "metrics.jsonl")
 RECORD_FILE = "run.json"         # the run record: identity, request, parent
 LOCK_FILE = ".lock"              # the run's one lock
-RUN_KEY_FILE = "run_key.json"    # a transfer run's own settings and backbone digest (its identity beyond the config)
 INPUTS_FILE = "inputs.json"      # upstream files a run was built from (path + SHA-256 prefix): `--unused` in prune
 
 # What a finished run has: a run whose last.pth holds its final epoch but lacks one of these is completed (written

@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 
 from tdam.checkpoint import read_checkpoint
 from tdam.models import model_spec
-from tdam.runs import (BEST_FILE, INPUTS_FILE, LAST_FILE, RunLock, file_digest, plain_json, read_record, run_identity,
-                       run_state, write_json_atomic, write_record)
+from tdam.runs import (BEST_FILE, ENV_FILE, INPUTS_FILE, LAST_FILE, RunLock, file_digest, plain_json, read_record,
+                       run_identity, run_state, write_json_atomic, write_record)
 from tdam.train.config import TrainConfig, load_config, semantic_config
 
 __all__ = ["ensure_checkpoint", "checkpoint_config", "find_checkpoint", "ensure_run", "train_or_reuse", "run_result",
@@ -160,7 +160,7 @@ def run_result(run_dir: str | Path):
 
     run_dir = Path(run_dir)
     ck = read_checkpoint(run_dir / LAST_FILE)
-    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+    env = json.loads((run_dir / ENV_FILE).read_text()) if (run_dir / ENV_FILE).is_file() else {}
     num_classes = env.get("num_classes") or (ck.get("model_config") or {}).get("num_classes")
     return RunResult(run_dir=run_dir, history=list(ck["metrics"]["history"]), best=ck["metrics"]["best"],
                      num_classes=int(num_classes), interrupted=run_state(run_dir).state != "finished", env=env)

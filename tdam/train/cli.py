@@ -57,6 +57,7 @@ from typing import Any, Sequence
 import yaml
 
 from tdam import errors
+from tdam.runs import LOG_FILE
 from tdam.train.config import GROUPS, TrainConfig, load_yaml
 
 __all__ = ["main", "parse_overrides", "help_text", "command_parser", "options_help", "env_rank", "RunCommand"]
@@ -190,7 +191,7 @@ class RunCommand:
         self.rank = 0                                   # read after --help: it loads torch
 
     def log_path(self):
-        return self.run_dir / "train.log" if self.run_dir is not None else None
+        return self.run_dir / LOG_FILE if self.run_dir is not None else None
 
     def explain(self, e: BaseException) -> str:
         """The error line's message: the file's or value's, with the hint of this command, named by rank N > 0."""

@@ -33,8 +33,8 @@ import yaml
 
 from tdam.checkpoint import read_checkpoint
 from tdam.errors import ConfigError, ResumeMismatchError
-from tdam.runs import (BEST_EMA_FILE, BEST_FILE, LAST_FILE, RunLock, file_digest, folder_name, link_file, plain_json,
-                       read_record, run_identity, run_state, write_record)
+from tdam.runs import (BEST_EMA_FILE, BEST_FILE, CONFIG_FILE, LAST_FILE, RunLock, file_digest, folder_name, link_file,
+                       plain_json, read_record, run_identity, run_state, write_record)
 from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 
 __all__ = ["resolve_run", "find_parent", "holds_request"]
@@ -43,7 +43,7 @@ __all__ = ["resolve_run", "find_parent", "holds_request"]
 def _stored_config(folder: Path) -> dict[str, Any] | None:
     """The config a run folder was trained with (``config.yaml``), None when it has none or it is unreadable."""
     try:
-        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg = yaml.safe_load((folder / CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
         return None
     return cfg if isinstance(cfg, dict) else None

@@ -56,8 +56,8 @@ import tdam
 from tdam.checkpoint import export_safetensors, read_checkpoint, remove_stale_temps, save_checkpoint
 from tdam.errors import ClassCountError, ConfigError, ResumeMismatchError, writing
 from tdam.progress import duration
-from tdam.runs import (BEST_EMA_FILE, BEST_FILE, LAST_FILE, RunLock, link_file, read_record, write_json_atomic,
-                       write_record, write_text_atomic)
+from tdam.runs import (BEST_EMA_FILE, BEST_FILE, CONFIG_FILE, ENV_FILE, LAST_FILE, LOG_FILE, SAFETENSORS_FILE,
+                       SUMMARY_FILE, RunLock, link_file, read_record, write_json_atomic, write_record, write_text_atomic)
 from tdam.train.config import TrainConfig, config_changes, describe_changes, semantic_config
 from tdam.train.lineage import resolve_run
 from tdam.train import data as run_data   # looked up at call time: a patched tdam.train.data applies here too
@@ -87,17 +87,17 @@ class RunResult:
 
     @property
     def last_checkpoint(self) -> Path:
-        return self.run_dir / "last.pth"
+        return self.run_dir / LAST_FILE
 
     @property
     def best_checkpoint(self) -> Path | None:
-        p = self.run_dir / "best.pth"
+        p = self.run_dir / BEST_FILE
         return p if p.exists() else None
 
     @property
     def best_ema_checkpoint(self) -> Path | None:
         """``best_ema.pth``: the epoch of the best EMA evaluation (``model_ema`` runs), else None."""
-        p = self.run_dir / "best_ema.pth"
+        p = self.run_dir / BEST_EMA_FILE
         return p if p.exists() else None
 
     @property
@@ -260,7 +260,7 @@ class _Run:
         if d.is_main:
             self.open_run_dir()
         barrier()
-        self.log = _Log(self.run_dir / "train.log" if d.is_main else None)
+        self.log = _Log(self.run_dir / LOG_FILE if d.is_main else None)
         if d.is_main:
             self.report_run_dir()
 
@@ -320,8 +320,8 @@ class _Run:
                                purge_step=self.state.step if self.resumed_from else None, config=cfg.to_dict())
         if d.is_main:
             self.write_config()
-            with writing(self.run_dir / "env.json"):
-                write_json_atomic(self.run_dir / "env.json", self.env)
+            with writing(self.run_dir / ENV_FILE):
+                write_json_atomic(self.run_dir / ENV_FILE, self.env)
 
     # --------------------------------------------------------------------------- run folder: lock, resume check
     def check_class_count(self, train_set: Any) -> int:
@@ -404,8 +404,8 @@ class _Run:
                          changes={k: list(v) for k, v in self.schedule_changes.items()})
         else:
             entry.update(event="start", config=cfg.to_dict())
-        with writing(self.run_dir / "config.yaml"):
-            write_text_atomic(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with writing(self.run_dir / CONFIG_FILE):
+            write_text_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         with writing(self.run_dir / "config_history.jsonl"), open(self.run_dir / "config_history.jsonl", "a") as f:
             f.write(json.dumps(entry, default=str) + "\n")
 
@@ -425,7 +425,7 @@ class _Run:
         try:
             yield
         except BaseException:
-            if not (self.run_dir / "last.pth").is_file():
+            if not (self.run_dir / LAST_FILE).is_file():
                 self.discard_new_run_dir()
             raise
         finally:
@@ -623,7 +623,7 @@ class _Run:
         as safetensors, ``summary.json`` (written last and atomically: a run with a summary has every other output),
         the curves."""
         if (best := self.run_dir / BEST_FILE).is_file():              # weights-only file for sharing
-            export_safetensors(read_checkpoint(best), self.run_dir / "best.safetensors",
+            export_safetensors(read_checkpoint(best), self.run_dir / SAFETENSORS_FILE,
                                metadata={"run": self.run_dir.name, "best": self.best})
         self.plot()
         summary = {"run_dir": str(self.run_dir), "identity": (self.record or {}).get("identity"),
@@ -631,8 +631,8 @@ class _Run:
                    "final": self.history[-1] if self.history else None, "best": self.best, "best_ema": self.best_ema,
                    "num_classes": self.num_classes, "chance_top1": 100 / self.num_classes,
                    "config": self.cfg.to_dict(), "env": self.env}
-        with writing(self.run_dir / "summary.json"):
-            write_json_atomic(self.run_dir / "summary.json", summary)
+        with writing(self.run_dir / SUMMARY_FILE):
+            write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
 
     def finish_epoch(self) -> dict[str, Any]:
         s, d = self.state, self.dist

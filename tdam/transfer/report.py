@@ -13,6 +13,7 @@ from tdam.checkpoint import read_checkpoint
 from tdam.errors import ConfigError
 from tdam.evaluation.provenance import EvalFacts, eval_facts
 from tdam.reference import PROVENANCE_COLUMNS, model_key
+from tdam.runs import BEST_FILE, LAST_FILE
 from tdam.transfer.run import TransferConfig, build_transfer_datasets, run_transfer, transfer_key
 
 __all__ = ["TransferResult", "ensure_transfer_run", "results_table", "setup_table", "PAPER_SETUP",
@@ -46,8 +47,8 @@ class TransferResult:
 
     @property
     def checkpoint(self) -> Path:
-        best = self.run_dir / "best.pth"
-        return best if best.is_file() else self.run_dir / "last.pth"
+        best = self.run_dir / BEST_FILE
+        return best if best.is_file() else self.run_dir / LAST_FILE
 
     @property
     def final(self) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def ensure_transfer_run(tcfg: TransferConfig, *, wait: bool = True, train_fn=Non
     inputs = {"backbone_checkpoint": tcfg.backbone_checkpoint} if tcfg.backbone_checkpoint else None
     ensure_run(tcfg.train, key=transfer_key(tcfg), train_fn=train_cfg, inputs=inputs, wait=wait)
     run_dir = tcfg.train.run_dir()
-    ck = read_checkpoint(run_dir / "last.pth")
+    ck = read_checkpoint(run_dir / LAST_FILE)
     return TransferResult(tcfg, run_dir, list(ck["metrics"]["history"]), ck["metrics"]["best"])
 
 
@@ -122,7 +123,7 @@ def transfer_facts(result: TransferResult) -> EvalFacts:
     each epoch evaluated (the whole split, or ``val_batches`` batches per process), the dataset, the image size and
     the class count."""
     train = result.config.train
-    last = result.run_dir / "last.pth"
+    last = result.run_dir / LAST_FILE
     stored = read_checkpoint(last)
     _, val_set = build_transfer_datasets(result.config)
     images = len(val_set)
